@@ -1,0 +1,135 @@
+"""Read text corpora as lists of documents.
+
+Two on-disk formats are understood:
+
+* plain text, where documents are separated by ``<|endoftext|>`` (TinyStories) or by blank lines
+  (the Tang poems, tiny Shakespeare);
+* MiniMind's pretraining JSONL: one JSON object per line with the document in ``"text"``.
+
+Every error names the file (and the line or byte offset) so a learner can fix their own data.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+ENDOFTEXT = "<|endoftext|>"
+
+
+def data_dir() -> Path:
+    """The corpus folder shipped with the course (``data/`` at the repository root).
+
+    Set ``MINIMIND_EDU_DATA`` to use a copy elsewhere.
+    """
+    override = os.environ.get("MINIMIND_EDU_DATA")
+    return Path(override) if override else Path(__file__).resolve().parent.parent / "data"
+
+
+class CorpusError(ValueError):
+    """A corpus file cannot be read as documents; the message says which file and where."""
+
+
+def _read_utf8(path: Path) -> str:
+    if not path.exists():
+        raise CorpusError(f"{path}: no such corpus file")
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise CorpusError(
+            f"{path}: not UTF-8 text (invalid byte 0x{raw[err.start]:02x} at byte offset {err.start}); "
+            "re-save the file as UTF-8"
+        ) from None
+
+
+def split_documents(text: str, separator: str | None = None) -> list[str]:
+    """Split raw text into stripped, non-empty documents.
+
+    ``separator=None`` picks ``<|endoftext|>`` when the text contains it, otherwise blank lines.
+    With ``<|endoftext|>``, the piece after the last separator is dropped when the text does not end
+    with one: in a file cut to a size limit (like the shipped TinyStories) that piece is a story cut off.
+    """
+    if separator is None:
+        separator = ENDOFTEXT if ENDOFTEXT in text else "\n\n"
+    if separator == "\n\n":
+        pieces = re.split(r"\n\s*\n", text)
+    else:
+        pieces = text.split(separator)
+        if separator == ENDOFTEXT and not text.rstrip().endswith(ENDOFTEXT) and len(pieces) > 1:
+            pieces = pieces[:-1]
+    return [p.strip() for p in pieces if p.strip()]
+
+
+def iter_jsonl_documents(path: str | os.PathLike) -> Iterator[str]:
+    """Stream the ``"text"`` of each line of a MiniMind-format JSONL file (works on files larger than memory)."""
+    path = Path(path)
+    if not path.exists():
+        raise CorpusError(f"{path}: no such corpus file")
+    with open(path, "rb") as f:
+        offset = 0
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise CorpusError(
+                    f"{path}:{lineno}: not UTF-8 (invalid byte at byte offset {offset + err.start}); "
+                    "re-save the file as UTF-8"
+                ) from None
+            offset += len(raw)
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise CorpusError(f"{path}:{lineno}: not valid JSON ({err.msg}); each line must be one JSON object") from None
+            if not isinstance(obj, dict) or "text" not in obj:
+                raise CorpusError(f'{path}:{lineno}: missing the "text" field; expected {{"text": "..."}} per line')
+            if not isinstance(obj["text"], str):
+                raise CorpusError(f'{path}:{lineno}: "text" must be a string, got {type(obj["text"]).__name__}')
+            if obj["text"].strip():
+                yield obj["text"]
+
+
+def read_documents(path: str | os.PathLike, separator: str | None = None) -> list[str]:
+    """Read one corpus file as a list of documents (format chosen by the ``.jsonl`` suffix)."""
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        docs = list(iter_jsonl_documents(path))
+    else:
+        docs = split_documents(_read_utf8(path), separator)
+    if not docs:
+        raise CorpusError(f"{path}: the corpus is empty (no non-blank document found)")
+    return docs
+
+
+DEFAULT_FILES = {
+    "train": ("en/tinystories_train.txt", "zh/tang_train.txt"),
+    "valid": ("en/tinystories_valid.txt", "zh/tang_valid.txt"),
+}
+
+
+def default_corpus_files(split: str = "train") -> list[Path]:
+    """The files behind :func:`default_documents` (English TinyStories + Chinese Tang poems)."""
+    if split not in DEFAULT_FILES:
+        raise ValueError(f"split must be one of {sorted(DEFAULT_FILES)}, got {split!r}")
+    return [data_dir() / name for name in DEFAULT_FILES[split]]
+
+
+def default_documents(split: str = "train") -> list[str]:
+    """The course's bilingual corpus: TinyStories (en) then Tang poems (zh), as documents.
+
+    ``split`` is ``"train"`` or ``"valid"``; the two splits come from disjoint files, so nothing leaks.
+    """
+    docs: list[str] = []
+    for path in default_corpus_files(split):
+        docs.extend(read_documents(path))
+    return docs
+
+
+def documents_by_language(split: str = "train") -> dict[str, list[str]]:
+    """The default corpus split by language: ``{"en": [...], "zh": [...]}``."""
+    en, zh = default_corpus_files(split)
+    return {"en": read_documents(en), "zh": read_documents(zh)}
