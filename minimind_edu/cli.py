@@ -4,12 +4,283 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .corpus import CorpusError
+from .tokenizer import TokenizerError
+
+
+# --- issue 2: train-tokenizer -------------------------------------------------------------------------------
+def add_train_tokenizer_command(sub: argparse._SubParsersAction) -> None:
+    from .tokenizer import DEFAULT_VOCAB_SIZE
+
+    p = sub.add_parser(
+        "train-tokenizer",
+        help="train the course's byte-level BPE tokenizer and save it",
+        description="Train a byte-level BPE (special tokens <|endoftext|>=0, <|im_start|>=1, <|im_end|>=2) and "
+        "save tokenizer.json + tokenizer_config.json, loadable by transformers.AutoTokenizer.",
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write the tokenizer into")
+    p.add_argument("--data", nargs="+", metavar="FILE",
+                   help="corpus files: plain text or MiniMind JSONL (default: the shipped en+zh corpus)")
+    p.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE, metavar="N",
+                   help=f"vocabulary size incl. 3 special tokens (default {DEFAULT_VOCAB_SIZE})")
+
+    def run(args: argparse.Namespace) -> int:
+        import time
+
+        from .tokenizer import save_tokenizer, train_tokenizer_from_files
+
+        start = time.perf_counter()
+        tok = train_tokenizer_from_files(args.data, args.vocab_size)
+        seconds = time.perf_counter() - start
+        out = save_tokenizer(tok, args.out)
+        print(f"trained in {seconds:.2f} s (reading the corpus included): vocab size {tok.get_vocab_size()}, "
+              f"saved to {out}")
+        return 0
+
+    p.set_defaults(func=run)
+
+
+# --- issue 3: presets ----------------------------------------------------------------------------------------
+def add_presets_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("presets", help="list the model presets with their parameter counts and sizes")
+    p.add_argument("--json", action="store_true", help="print the same information as JSON")
+
+    def run(args: argparse.Namespace) -> int:
+        import json
+
+        from .model import PRESETS, count_parameters
+
+        rows = []
+        for name, cfg in PRESETS.items():
+            counts = count_parameters(cfg)
+            rows.append({
+                "preset": name, "total": counts["total"], "embedding": counts["embedding"],
+                "per_block": counts["per_block"], "hidden_size": cfg.hidden_size, "num_layers": cfg.num_layers,
+                "num_heads": cfg.num_heads, "num_kv_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim,
+                "intermediate_size": cfg.intermediate_size, "vocab_size": cfg.vocab_size,
+                "max_position_embeddings": cfg.max_position_embeddings, "qk_norm": cfg.qk_norm,
+                "num_experts": cfg.num_experts,
+                "experts_per_token": cfg.experts_per_token if cfg.num_experts else 0,
+                "shared_experts": cfg.shared_experts if cfg.num_experts else 0,
+            })
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        header = ["preset", "total", "embedding", "per block", "hidden", "layers", "heads/kv", "head_dim",
+                  "ffn", "vocab", "max_pos", "qk_norm", "experts"]
+        table = [header] + [[
+            r["preset"], f"{r['total']:,}", f"{r['embedding']:,}", f"{r['per_block']:,}", str(r["hidden_size"]),
+            str(r["num_layers"]), f"{r['num_heads']}/{r['num_kv_heads']}", str(r["head_dim"]),
+            str(r["intermediate_size"]), str(r["vocab_size"]), str(r["max_position_embeddings"]),
+            "yes" if r["qk_norm"] else "no",
+            f"{r['num_experts']} (top-{r['experts_per_token']}, +{r['shared_experts']} shared)"
+            if r["num_experts"] else "-",
+        ] for r in rows]
+        widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+        for row in table:  # names left-aligned, numbers right-aligned
+            print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        return 0
+
+    p.set_defaults(func=run)
+
+
+# --- issue 4: memory -----------------------------------------------------------------------------------------
+def add_memory_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("memory", help="estimate (and optionally measure) the memory of a training step")
+    p.add_argument("--preset", default="minimind2-small", help="model preset (default: minimind2-small)")
+    p.add_argument("--layers", type=int, help="override the preset's number of layers")
+    p.add_argument("--hidden", type=int, help="override the preset's hidden size")
+    p.add_argument("--batch", type=int, required=True, help="batch size")
+    p.add_argument("--seq", type=int, required=True, help="sequence length in tokens")
+    p.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default="bf16")
+    p.add_argument("--optimizer", choices=["adamw", "sgd", "none"], default="adamw")
+    p.add_argument("--attention", choices=["sdpa", "naive"], help="default: the preset's")
+    p.add_argument("--checkpointing", action="store_true", help="recompute each block in backward")
+    p.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
+    p.add_argument("--gpu", help="GPU card preset (e.g. rtx-4090) or size in GB: adds CUDA overhead and a fit check")
+    p.add_argument("--measure", action="store_true", help="also run real training steps on this machine")
+    p.add_argument("--json", action="store_true", help="print every term in bytes as JSON")
+
+    def run(args: argparse.Namespace) -> int:
+        import json
+
+        from . import memory
+        from .model import get_preset
+
+        overrides = {k: v for k, v in (("num_layers", args.layers), ("hidden_size", args.hidden)) if v is not None}
+        if "hidden_size" in overrides:  # keep MiniMind2's SwiGLU rule for the new width
+            overrides["intermediate_size"] = None
+        cfg = get_preset(args.preset, **overrides)
+        gpu = None
+        if args.gpu:
+            try:
+                gpu = memory.get_gpu(float(args.gpu))
+            except ValueError:
+                gpu = memory.get_gpu(args.gpu)
+        opts = dict(precision=args.precision, optimizer=args.optimizer, attention=args.attention,
+                    checkpointing=args.checkpointing, grad_accum_steps=args.grad_accum)
+        est = memory.estimate(cfg, args.batch, args.seq, device="cuda" if gpu else "cpu", gpu=gpu, **opts)
+        measured = memory.measure(cfg, args.batch, args.seq, **opts) if args.measure else None
+        fit = None
+        if gpu:
+            fit = {"gpu": gpu.name, "capacity_bytes": gpu.memory_bytes, "fits": est.total_with_overhead <= gpu.memory_bytes,
+                   "largest_batch": memory.largest_batch(cfg, args.seq, gpu, **opts)}
+        if args.json:
+            out = est.to_dict()
+            if measured is not None:
+                out["measured"] = {"device": measured.device, "fits": measured.fits, "peak_bytes": measured.peak_bytes,
+                                   "phase_peaks": measured.phase_peaks, "error": measured.error,
+                                   "relative_error": (est.peak_bytes - measured.peak_bytes) / measured.peak_bytes
+                                   if measured.peak_bytes else None}
+            if fit:
+                out["fit"] = fit
+            print(json.dumps(out, indent=2))
+            return 0
+        print(f"{args.preset} ({est.num_parameters:,} parameters), batch {args.batch} x {args.seq} tokens, "
+              f"{args.precision}, {est.attention} attention, optimizer {args.optimizer}"
+              + (", checkpointing" if args.checkpointing else ""))
+        print(memory.format_table(est, measured.peak_bytes if measured and measured.fits else None))
+        if measured is not None and not measured.fits:
+            print(f"measured on {measured.device}: {measured.error}")
+        elif measured is not None:
+            print(f"(measured on {measured.device}: " + ", ".join(
+                f"{k} {v / memory.MiB:.1f} MiB" for k, v in measured.phase_peaks.items()) + ")")
+        if fit:
+            verdict = "fits" if fit["fits"] else "does NOT fit"
+            print(f"{verdict} on {gpu.name} ({gpu.memory_gb:.0f} GB); largest batch that fits at seq {args.seq}: "
+                  f"{fit['largest_batch']}")
+        return 0
+
+    p.set_defaults(func=run)
+
+
+# --- issue 5/6: pretrain, generate, export -------------------------------------------------------------------
+DEFAULT_CPU_MINUTES = 14.0  # `make pretrain` on 2 CPU cores: ~14 min of training + tokenizing, evaluation, samples
+
+
+def add_pretrain_commands(sub: argparse._SubParsersAction) -> None:
+    add_pretrain_command(sub)
+    add_generate_command(sub)
+    add_export_command(sub)
+
+
+def add_pretrain_command(sub: argparse._SubParsersAction) -> None:
+    from .model import PRESETS
+
+    p = sub.add_parser(
+        "pretrain",
+        help="pretrain a MiniMind on the shipped corpus (or your own), then print samples and validation losses",
+        description="Pretrain a MiniMind. Without --steps/--epochs/--minutes it trains for "
+        f"{DEFAULT_CPU_MINUTES:g} minutes on a CPU and for one epoch on a GPU. The --out folder receives "
+        "checkpoints/, metrics.jsonl (one JSON record per logged step) and loss_curve.png.",
+    )
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="model size (default: course-cpu on a CPU, minimind2-small on a GPU)")
+    p.add_argument("--data", nargs="+", metavar="PATH", default=None,
+                   help="training text: plain .txt or MiniMind .jsonl ({\"text\": ...} per line), streamed and "
+                   "cached as tokens; default: the shipped TinyStories + Tang poems")
+    p.add_argument("--valid-data", nargs="+", metavar="PATH", default=None,
+                   help="validation files (default: the shipped validation split, or the last 2%% of --data)")
+    p.add_argument("--tokenizer", metavar="DIR", default=None,
+                   help="tokenizer folder (default: the course tokenizer, trained on first use)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, help="optimizer steps")
+    length.add_argument("--epochs", type=float, help="passes over the training data")
+    length.add_argument("--minutes", type=float,
+                        help="time budget: steps are fitted so training (and the cosine schedule) ends in about this long")
+    p.add_argument("--batch", type=int, default=None, help="sequences per step (default: 16 on CPU, 32 on GPU)")
+    p.add_argument("--seq", type=int, default=None, help="tokens per sequence (default: 256 on CPU, 512 on GPU)")
+    p.add_argument("--accum", type=int, default=1, help="gradient accumulation micro-batches per step")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the training loop's)")
+    p.add_argument("--warmup", type=int, default=None, help="warmup steps")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], default="auto")
+    p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:N, mps")
+    p.add_argument("--out", default=None, help="output folder (default: runs/<preset>)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--eval-every", type=int, default=None, help="validate every N steps (default: ~20 times per run)")
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--save-every", type=int, default=None, help="checkpoint every N steps (default: ~10 times per run)")
+    p.add_argument("--samples", type=int, default=60, metavar="TOKENS",
+                   help="new tokens per sample printed at the end (0: no samples)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_pretrain)
+
+
+def _run_pretrain(args: argparse.Namespace) -> int:
+    from .pretrain import run_pretrain_cli
+
+    return run_pretrain_cli(args, default_cpu_minutes=DEFAULT_CPU_MINUTES)
+
+
+def add_generate_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="sample text from a checkpoint (streamed as it is generated)",
+                       description="Continue prompts with a trained model. PATH: a run's --out folder (its newest "
+                       "checkpoint), a checkpoint folder, or a folder written by `minimind-edu export`.")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--prompt", action="append", default=None,
+                   help="text to continue (repeatable; default: English and Chinese openings)")
+    p.add_argument("--chat", action="store_true",
+                   help="wrap each prompt as a user message in the ChatML template (<|im_start|>user ...)")
+    p.add_argument("--max-new-tokens", type=int, default=100)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_run_generate)
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from .pretrain import SAMPLE_PROMPTS, load_for_generation, print_samples, stream_chat
+
+    model, tokenizer = load_for_generation(args.path, args.device)
+    options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    if args.chat:
+        for message in args.prompt or ["Tell me a story about a cat.", "写一首关于春天的诗。"]:
+            print(f"user: {message}\nassistant: ", end="", flush=True)
+            for piece in stream_chat(model, tokenizer, message, args.max_new_tokens, **options):
+                print(piece, end="", flush=True)
+            print("\n")
+        return 0
+    prompts = {"prompt": args.prompt} if args.prompt else SAMPLE_PROMPTS
+    print_samples(model, tokenizer, prompts, args.max_new_tokens, args.temperature, args.top_k, args.seed, top_p=args.top_p)
+    return 0
+
+
+def add_export_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write a checkpoint in the Hugging Face format (AutoModelForCausalLM)",
+                       description="Export PATH (a run's --out folder or a checkpoint) to OUT: config.json, "
+                       "model.safetensors and the tokenizer, loadable with transformers' AutoModelForCausalLM "
+                       "and AutoTokenizer.")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("out", metavar="OUT")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="weight precision to store")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from .pretrain import export_checkpoint
+
+    out = export_checkpoint(args.path, args.out, args.dtype)
+    print(f"exported to {out}; load it with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
+    return 0
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="minimind-edu", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    add_train_tokenizer_command(sub)
+    add_presets_command(sub)
+    add_memory_command(sub)
+    add_pretrain_commands(sub)
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (CorpusError, TokenizerError, ValueError, FileNotFoundError) as err:
+        print(f"minimind-edu {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -188,6 +188,9 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     return x[:, :, None, :, :].expand(b, h, n_rep, t, d).reshape(b, h * n_rep, t, d)
 
 
+# scaled_dot_product_attention(enable_gqa=True) arrived in PyTorch 2.5; older versions repeat k and v.
+_SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
+
 KVCache = list  # one (keys, values) pair per layer, each (B, kv_heads, T_so_far, head_dim)
 
 
@@ -227,17 +230,20 @@ class Attention(nn.Module):
             v = torch.cat([past_kv[1], v], dim=2)
         present = (k, v)
         n_rep = self.num_heads // self.num_kv_heads
-        k_all, v_all = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
-        t_past = k_all.shape[2] - t
+        t_past = k.shape[2] - t
         dropout_p = self.dropout if self.training else 0.0
         if self.implementation == "sdpa":
+            # enable_gqa: the kernel reads each KV head for its whole group of query heads, so no repeated
+            # copy of k and v is made (or kept alive for backward). Same forward values as repeat_kv.
+            gqa = {"enable_gqa": True} if n_rep > 1 and _SDPA_HAS_GQA else {}
+            k_all, v_all = (k, v) if gqa else (repeat_kv(k, n_rep), repeat_kv(v, n_rep))
             if t_past == 0:
-                y = F.scaled_dot_product_attention(q, k_all, v_all, is_causal=t > 1, dropout_p=dropout_p)
+                y = F.scaled_dot_product_attention(q, k_all, v_all, is_causal=t > 1, dropout_p=dropout_p, **gqa)
             else:  # new tokens see every cached token and the earlier new ones
                 mask = torch.ones(t, t_past + t, dtype=torch.bool, device=x.device).tril(diagonal=t_past)
-                y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, dropout_p=dropout_p)
+                y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, dropout_p=dropout_p, **gqa)
         else:
-            y = naive_attention(q, k_all, v_all, t_past, dropout_p)
+            y = naive_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), t_past, dropout_p)
         y = y.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim)
         return self.resid_dropout(self.o_proj(y)), present
 
@@ -276,8 +282,8 @@ class MoEFeedForward(nn.Module):
     ``aux_loss`` (set on every forward) is the Switch-Transformer load-balancing loss
     ``num_experts * sum_i f_i * P_i``, where ``f_i`` is the fraction of routing slots sent to expert ``i`` and
     ``P_i`` the mean router probability of expert ``i``. It equals 1.0 when routing is perfectly balanced
-    and grows towards ``num_experts`` as routing collapses onto one expert. The model adds
-    ``aux_loss_coef * aux_loss`` (summed over layers) to the training loss.
+    and grows towards ``num_experts / experts_per_token`` as routing collapses onto the same experts.
+    The model adds ``aux_loss_coef * aux_loss`` (summed over layers) to the training loss.
     """
 
     def __init__(self, cfg: ModelConfig):
