@@ -26,8 +26,9 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# Two pytest workers on two cores: one thread each, or PyTorch's threads fight and everything slows down.
 test: setup
-	MINIMIND_EDU_FAST=1 MPLBACKEND=Agg $(PY) -m pytest -n 2 --dist loadfile --nbval-lax $(PYTEST_ARGS)
+	MINIMIND_EDU_FAST=1 MPLBACKEND=Agg OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile --nbval-lax $(PYTEST_ARGS)
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/
