@@ -171,7 +171,7 @@ def add_pretrain_command(sub: argparse._SubParsersAction) -> None:
         "pretrain",
         help="pretrain a MiniMind on the shipped corpus (or your own), then print samples and validation losses",
         description="Pretrain a MiniMind. Without --steps/--epochs/--minutes it trains for "
-        f"{DEFAULT_CPU_MINUTES:g} minutes on a CPU and for one epoch on a GPU. The --out folder receives "
+        f"{DEFAULT_CPU_MINUTES:g} minutes on a CPU and for two epochs on a GPU. The --out folder receives "
         "checkpoints/, metrics.jsonl (one JSON record per logged step) and loss_curve.png.",
     )
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
@@ -204,6 +204,8 @@ def add_pretrain_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-every", type=int, default=None, help="checkpoint every N steps (default: ~10 times per run)")
     p.add_argument("--samples", type=int, default=60, metavar="TOKENS",
                    help="new tokens per sample printed at the end (0: no samples)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for PyTorch (default: all cores; on a busy shared machine 1 can be faster)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_pretrain)
 

@@ -28,13 +28,30 @@ def data_dir() -> Path:
     return Path(override) if override else Path(__file__).resolve().parent.parent / "data"
 
 
+def cache_dir() -> Path:
+    """Where derived files go (trained tokenizer, token files): ``.cache/`` at the repository root.
+
+    Set ``MINIMIND_EDU_CACHE`` to put them elsewhere. The folder is git-ignored and safe to delete.
+    """
+    override = os.environ.get("MINIMIND_EDU_CACHE")
+    path = Path(override) if override else Path(__file__).resolve().parent.parent / ".cache"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 class CorpusError(ValueError):
     """A corpus file cannot be read as documents; the message says which file and where."""
 
 
-def _read_utf8(path: Path) -> str:
+def _check_file(path: Path) -> None:
     if not path.exists():
         raise CorpusError(f"{path}: no such corpus file")
+    if path.is_dir():
+        raise CorpusError(f"{path}: is a folder; pass the corpus files inside it")
+
+
+def _read_utf8(path: Path) -> str:
+    _check_file(path)
     raw = path.read_bytes()
     try:
         return raw.decode("utf-8")
@@ -66,8 +83,7 @@ def split_documents(text: str, separator: str | None = None) -> list[str]:
 def iter_jsonl_documents(path: str | os.PathLike) -> Iterator[str]:
     """Stream the ``"text"`` of each line of a MiniMind-format JSONL file (works on files larger than memory)."""
     path = Path(path)
-    if not path.exists():
-        raise CorpusError(f"{path}: no such corpus file")
+    _check_file(path)
     with open(path, "rb") as f:
         offset = 0
         for lineno, raw in enumerate(f, start=1):
@@ -75,7 +91,7 @@ def iter_jsonl_documents(path: str | os.PathLike) -> Iterator[str]:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as err:
                 raise CorpusError(
-                    f"{path}:{lineno}: not UTF-8 (invalid byte at byte offset {offset + err.start}); "
+                    f"{path}:{lineno}: not UTF-8 (invalid byte 0x{raw[err.start]:02x} at byte offset {offset + err.start}); "
                     "re-save the file as UTF-8"
                 ) from None
             offset += len(raw)

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from .corpus import cache_dir, default_documents, read_documents
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 PAD_TOKEN, BOS_TOKEN, EOS_TOKEN = SPECIAL_TOKENS
@@ -41,15 +45,23 @@ def new_tokenizer() -> Tokenizer:
     return tok
 
 
-def train_tokenizer(
-    documents: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE, show_progress: bool = False
-) -> Tokenizer:
-    """Train a byte-level BPE of ``vocab_size`` tokens (special tokens take ids 0, 1, 2) on ``documents``."""
+def check_vocab_size(vocab_size: int) -> None:
+    """Raise :class:`TokenizerError` unless ``vocab_size`` has room for the 256 bytes and the special tokens."""
     if vocab_size < MIN_VOCAB_SIZE:
         raise TokenizerError(
             f"vocab_size={vocab_size} is too small: a byte-level BPE needs the 256 byte tokens plus "
             f"{len(SPECIAL_TOKENS)} special tokens, so at least {MIN_VOCAB_SIZE}"
         )
+
+
+def train_tokenizer(
+    documents: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE, show_progress: bool = False
+) -> Tokenizer:
+    """Train a byte-level BPE of ``vocab_size`` tokens (special tokens take ids 0, 1, 2) on ``documents``.
+
+    On a small corpus the vocabulary can end up smaller than ``vocab_size``: ``tok.get_vocab_size()`` tells.
+    """
+    check_vocab_size(vocab_size)
     docs = [d for d in documents if d and d.strip()]
     if not docs:
         raise TokenizerError("the corpus is empty: there is no non-blank document to train the tokenizer on")
@@ -90,6 +102,8 @@ def tokenizer_config() -> dict:
 def save_tokenizer(tok: Tokenizer, directory: str | os.PathLike) -> Path:
     """Write ``tokenizer.json`` and ``tokenizer_config.json`` into ``directory`` (created if needed)."""
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise TokenizerError(f"{directory} is a file; give a folder to save the tokenizer into")
     directory.mkdir(parents=True, exist_ok=True)
     tok.save(str(directory / "tokenizer.json"))
     (directory / "tokenizer_config.json").write_text(
@@ -107,7 +121,48 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
             f"no tokenizer at {directory}: expected {path}; train one with "
             f"`minimind-edu train-tokenizer --out {directory}`"
         )
-    return Tokenizer.from_file(str(path))
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as err:  # tokenizers raises a bare Exception with a serde message
+        raise TokenizerError(f"{path}: not a valid tokenizer.json ({err}); re-train or re-copy it") from None
+
+
+def train_tokenizer_from_files(
+    paths: Iterable[str | os.PathLike] | None = None, vocab_size: int = DEFAULT_VOCAB_SIZE
+) -> Tokenizer:
+    """Train on the documents of corpus files (plain text or MiniMind JSONL); ``None`` = the shipped corpus."""
+    if paths is None:
+        return train_tokenizer(default_documents("train"), vocab_size)
+    paths = list(paths)
+    if not paths:
+        raise TokenizerError("no corpus files given: pass at least one file (or none at all for the shipped corpus)")
+    check_vocab_size(vocab_size)  # fail before reading possibly large files
+    docs: list[str] = []
+    for path in paths:
+        docs.extend(read_documents(path))
+    return train_tokenizer(docs, vocab_size)
+
+
+def default_tokenizer_dir() -> Path:
+    """Where the course tokenizer (trained on the shipped corpus, vocab 6400) is kept."""
+    return cache_dir() / "tokenizer"
+
+
+def get_default_tokenizer() -> Tokenizer:
+    """The course tokenizer, trained on the shipped bilingual corpus the first time (about 2 s) and then reused.
+
+    The folder is written to a temporary name and renamed, so a parallel or interrupted run never leaves a
+    half-written tokenizer behind.
+    """
+    target = default_tokenizer_dir()
+    if not (target / "tokenizer_config.json").exists():
+        tmp = Path(tempfile.mkdtemp(prefix="tokenizer-", dir=target.parent))
+        save_tokenizer(train_tokenizer(default_documents("train")), tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another process finished first: keep theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+    return load_tokenizer(target)
 
 
 def apply_chat_template(messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
