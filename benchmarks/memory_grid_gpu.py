@@ -1,0 +1,70 @@
+"""The memory grid on one CUDA GPU: allocated / reserved / driver-view peaks vs the estimate.
+
+    python benchmarks/memory_grid_gpu.py                 # writes benchmarks/results/memory_grid_<gpu-name>.csv
+    python benchmarks/memory_grid_gpu.py --dry-run       # no GPU: runs the same logic on CPU for 3 points
+
+Same points as benchmarks/memory_grid.py (a few minutes on one GPU). On CUDA, ``measured_bytes`` is
+torch.cuda.max_memory_allocated of the second training step, ``reserved_bytes`` max_memory_reserved and
+``driver_bytes`` the device's used memory (what nvidia-smi shows, other processes included); the estimate
+is taken with device="cuda" (foreach AdamW) and its approximate overhead is written beside them, so the
+constants in minimind_edu/memory.py (CUDA context, cuBLAS workspace, allocator slack) can be checked.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+import time
+from pathlib import Path
+
+import torch
+
+from memory_grid import RESULTS, grid  # same folder
+from minimind_edu.memory import estimate, measure
+
+FIELDS = ["gpu", "model", "hidden", "layers", "batch", "seq_len", "attention", "precision", "checkpointing",
+          "optimizer", "estimated_bytes", "measured_bytes", "relative_error", "reserved_bytes", "driver_bytes",
+          "estimated_total_with_overhead", "fits", "seconds"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dry-run", action="store_true", help="no GPU needed: run 3 points on CPU")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the CSV")
+    args = parser.parse_args()
+    if args.dry_run:
+        device, gpu_name, points = "cpu", "dry-run-cpu", grid()[:3]
+    else:
+        if not torch.cuda.is_available():
+            raise SystemExit("no CUDA device: run on a machine with a GPU, or use --dry-run")
+        device, gpu_name, points = "cuda", torch.cuda.get_device_name(0), grid()
+    slug = re.sub(r"[^a-z0-9]+", "-", gpu_name.lower()).strip("-")
+    rows = []
+    for name, cfg, batch, seq, attention, precision, ckpt, opt in points:
+        start = time.perf_counter()
+        m = measure(cfg, batch, seq, precision=precision, attention=attention, checkpointing=ckpt,
+                    optimizer=opt, device=device)
+        e = estimate(cfg, batch, seq, precision=precision, attention=attention, checkpointing=ckpt,
+                     optimizer=opt, device="cuda")
+        rel = (e.peak_bytes - m.peak_bytes) / m.peak_bytes if m.fits else float("nan")
+        rows.append({"gpu": gpu_name, "model": name, "hidden": cfg.hidden_size, "layers": cfg.num_layers,
+                     "batch": batch, "seq_len": seq, "attention": attention, "precision": precision,
+                     "checkpointing": ckpt, "optimizer": opt, "estimated_bytes": e.peak_bytes,
+                     "measured_bytes": m.peak_bytes, "relative_error": f"{rel:.5f}",
+                     "reserved_bytes": m.reserved_bytes if m.reserved_bytes is not None else "",
+                     "driver_bytes": m.driver_bytes if m.driver_bytes is not None else "",
+                     "estimated_total_with_overhead": e.total_with_overhead, "fits": m.fits,
+                     "seconds": f"{time.perf_counter() - start:.2f}"})
+        print(f"{name:16} b{batch:<3} t{seq:<5} {attention:5} {precision} ckpt={ckpt!s:5}  est {e.peak_bytes / 2**20:9.1f} "
+              f"MiB  meas {m.peak_bytes / 2**20:9.1f} MiB  {rel:+.2%}", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"memory_grid_{slug}.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,284 @@
+"""The memory explorer: sliders for batch, sequence length, layers, width, precision, attention, checkpointing
+and GPU card, and plots of the estimated training memory, with measured points added on demand.
+
+The widget is a thin view. :class:`ExplorerState` names a point; :func:`curves`, :func:`fit_text` and
+:func:`breakdown` compute everything drawn from :func:`minimind_edu.memory.estimate`; :func:`draw` paints a
+matplotlib figure from them (also used to render the README picture without Jupyter).
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, replace
+
+from .memory import GPU_PRESETS, GiB, MemoryEstimate, estimate, get_gpu, largest_batch, measure
+from .model import ModelConfig, get_preset
+
+BATCHES = [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256]
+SEQ_LENS = [32, 64, 128, 256, 512, 768, 1024, 1536, 2048, 3072, 4096]
+LAYERS = list(range(1, 33))
+HIDDEN_SIZES = [64, 128, 256, 384, 512, 640, 768, 1024, 1536, 2048]
+BAR_TERMS = ["weights", "optimizer_state", "gradients", "low_precision_weights", "activations", "head",
+             "transient", "overhead"]
+
+
+@dataclass(frozen=True)
+class ExplorerState:
+    """One point of the explorer: a preset plus what the sliders change."""
+
+    preset: str = "minimind2-small"
+    batch: int = 16
+    seq_len: int = 512
+    layers: int = 8
+    hidden: int = 512
+    precision: str = "bf16"
+    attention: str = "sdpa"
+    checkpointing: bool = False
+    gpu: str = "rtx-4090"
+
+    def config(self, **changes) -> ModelConfig:
+        s = replace(self, **changes)
+        base = get_preset(s.preset)  # the sequence-length sweep reaches 4096 tokens even for small presets
+        return get_preset(s.preset, num_layers=s.layers, hidden_size=s.hidden, intermediate_size=None,
+                          attention=s.attention,
+                          max_position_embeddings=max(base.max_position_embeddings, max(SEQ_LENS), s.seq_len))
+
+    def estimate(self, **changes) -> MemoryEstimate:
+        s = replace(self, **changes)
+        return estimate(s.config(), s.batch, s.seq_len, precision=s.precision, checkpointing=s.checkpointing,
+                        device="cuda", gpu=s.gpu)
+
+
+def _axis_values(values: list[int], current: int) -> list[int]:
+    return sorted(set(values) | {current})
+
+
+def curves(state: ExplorerState) -> dict[str, dict[str, list]]:
+    """For each swept axis: x values, estimated allocated peak and nvidia-smi total (GiB), and the current x."""
+    out = {}
+    for axis, field_name, values in (("batch", "batch", BATCHES), ("seq_len", "seq_len", SEQ_LENS),
+                                     ("layers", "layers", LAYERS)):
+        xs = _axis_values(values, getattr(state, field_name))
+        ests = [state.estimate(**{field_name: x}) for x in xs]
+        out[axis] = {"x": xs, "allocated": [e.peak_bytes / GiB for e in ests],
+                     "total": [e.total_with_overhead / GiB for e in ests], "current": getattr(state, field_name)}
+    return out
+
+
+def breakdown(est: MemoryEstimate) -> dict[str, float]:
+    """The stacked bar's segments in GiB (framework overhead as one segment)."""
+    parts = {k: est.terms.get(k, 0) / GiB for k in BAR_TERMS if k != "overhead"}
+    parts["weights"] += (est.terms["buffers"] + est.terms["batch"]) / GiB
+    parts["overhead"] = sum(est.overhead.values()) / GiB
+    return parts
+
+
+def fit_text(state: ExplorerState) -> str:
+    """'fits' / 'does not fit' on the card, with the largest batch that fits at this sequence length."""
+    card = get_gpu(state.gpu)
+    est = state.estimate()
+    best = largest_batch(state.config(), state.seq_len, card, precision=state.precision,
+                         checkpointing=state.checkpointing)
+    verdict = "fits" if est.total_with_overhead <= card.memory_bytes else "does NOT fit"
+    return (f"batch {state.batch} x {state.seq_len}: {est.total_with_overhead / GiB:.1f} GiB -> {verdict} on "
+            f"{card.name} ({card.memory_gb:.0f} GB); largest batch that fits: {best} (peak in {est.peak_phase})")
+
+
+AXES = (("batch", "batch size"), ("seq_len", "sequence length (tokens)"), ("layers", "layers"))
+
+
+def draw(state: ExplorerState, fig=None, measured: list[tuple[ExplorerState, float]] | None = None,
+         legends: bool = True):
+    """Paint the four panels for ``state`` onto ``fig`` (a new figure if None); returns (fig, plot_data).
+
+    ``legends=False`` leaves matplotlib legends out (they are a large share of the render time); the
+    explorer shows :func:`legend_html` beside the picture instead."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
+
+    if fig is None:
+        fig = plt.figure(figsize=(12, 7.5))
+    fig.clear()
+    axes = fig.subplots(2, 2)
+    artists = {}
+    for ax, (axis, label) in zip((axes[0, 0], axes[0, 1], axes[1, 0]), AXES):
+        allocated, = ax.plot([], [], "-", color="C0", label="allocated (estimate)")
+        total, = ax.plot([], [], "--", color="C0", alpha=0.6, label="+ CUDA overhead (approx.)")
+        current, = ax.plot([], [], "o", color="C3", ms=8, label="current point")
+        measured_pts, = ax.plot([], [], "x", color="C2", ms=10, mew=2, label="measured")
+        cap = ax.axhline(0, color="k", lw=1, label=f"{get_gpu(state.gpu).name} memory")
+        if axis != "layers":
+            ax.set_xlim(1, 4096)  # a positive range before the log scale; update() sets the real one
+            ax.set_xscale("log", base=2)
+            # plain integer labels at fixed ticks: mathtext labels like 2^5 are slow to render
+            ticks = [1, 4, 16, 64, 256] if axis == "batch" else [32, 128, 512, 2048]
+            ax.xaxis.set_major_locator(FixedLocator(ticks))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+            ax.xaxis.set_minor_locator(NullLocator())
+        ax.yaxis.set_major_locator(MaxNLocator(5))
+        ax.set_xlabel(label)
+        ax.set_ylabel("GiB")
+        artists[axis] = (ax, allocated, total, current, measured_pts, cap)
+    if legends:
+        axes[0, 0].legend(fontsize=7, loc="upper left")
+    artists["layers"][0].xaxis.set_major_locator(FixedLocator([1, 8, 16, 24, 32]))
+    artists["bar"] = axes[1, 1]
+    artists["legends"] = legends
+    artists["title"] = fig.suptitle("", fontsize=10)
+    fig._memory_artists = artists  # the explorer updates these in place: much faster than rebuilding
+    data = update(fig, state, measured)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))  # once, with real ticks and labels in place
+    return fig, data
+
+
+def update(fig, state: ExplorerState, measured: list[tuple[ExplorerState, float]] | None = None) -> dict:
+    """Put ``state``'s curves, marks and breakdown into a figure made by :func:`draw`; returns the plot data."""
+    from matplotlib.ticker import MaxNLocator
+
+    artists = fig._memory_artists
+    data = curves(state)
+    card = get_gpu(state.gpu)
+    cap = card.memory_bytes / GiB
+    for axis, _ in AXES:
+        ax, allocated, total, current, measured_pts, cap_line = artists[axis]
+        d = data[axis]
+        allocated.set_data(d["x"], d["allocated"])
+        total.set_data(d["x"], d["total"])
+        i = d["x"].index(d["current"])
+        current.set_data([d["current"]], [d["total"][i]])
+        # a measured point belongs on this curve when every other slider agrees with the current state
+        pts = [(getattr(o, axis), gib) for o, gib in measured or [] if replace(o, **{axis: getattr(state, axis)}) == state]
+        measured_pts.set_data([p[0] for p in pts], [p[1] for p in pts])
+        cap_line.set_ydata([cap, cap])
+        cap_line.set_label(card.name)
+        ax.set_xlim(min(d["x"]) * (0.8 if axis != "layers" else 1) - (0.5 if axis == "layers" else 0),
+                    max(d["x"]) * (1.25 if axis != "layers" else 1) + (0.5 if axis == "layers" else 0))
+        ax.set_ylim(0, max(cap * 1.3, min(max(d["total"]), cap * 4)))
+    parts = breakdown(state.estimate())
+    bar = artists["bar"]
+    bar.clear()
+    bottom = 0.0
+    for j, (name, gib) in enumerate(parts.items()):
+        bar.bar([0], [gib], bottom=bottom, color=f"C{j}", label=f"{name} {gib:.2f}")
+        bottom += gib
+    bar.axhline(cap, color="k", lw=1)
+    bar.set_xticks([])
+    bar.set_ylabel("GiB")
+    bar.set_xlim(-0.6, 2.2)
+    bar.yaxis.set_major_locator(MaxNLocator(5))
+    if artists["legends"]:
+        bar.legend(fontsize=7, loc="upper right")
+    bar.set_title("breakdown at the current point (GiB)", fontsize=9)
+    artists["title"].set_text(fit_text(state))
+    return {**data, "breakdown": parts, "capacity": cap}
+
+
+def render_png(fig) -> bytes:
+    """The figure as PNG bytes: one Agg draw and a fast PNG encoding (savefig would draw twice)."""
+    from PIL import Image
+
+    fig.canvas.draw()
+    width, height = fig.canvas.get_width_height(physical=True)
+    buf = io.BytesIO()
+    Image.frombuffer("RGBA", (width, height), fig.canvas.buffer_rgba(), "raw", "RGBA", 0, 1).save(
+        buf, format="png", compress_level=1)
+    return buf.getvalue()
+
+
+def legend_html(parts: dict[str, float]) -> str:
+    """What the plots' legends would say, as HTML: line styles, and the breakdown with the bar's colours."""
+    import matplotlib
+
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    rows = "".join(
+        f"<tr><td><span style='color:{colors[j % len(colors)]}'>&#9632;</span> {name}</td>"
+        f"<td style='text-align:right'>{gib:.2f} GiB</td></tr>"
+        for j, (name, gib) in enumerate(parts.items())
+    )
+    return ("<small>solid: allocated (estimate) &middot; dashed: + CUDA overhead (approx.) &middot; "
+            "red dot: current point &middot; green x: measured &middot; black line: the card's memory</small>"
+            f"<table>{rows}</table>")
+
+
+class MemoryExplorer:
+    """The widget. ``sliders`` (a dict), ``measure_button``, ``plot_data``, ``fit_label`` and ``measured``
+    are public so that tests and notebooks can drive it without a browser."""
+
+    def __init__(self, state: ExplorerState | None = None, measure_device: str | None = None):
+        import ipywidgets as w
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        self.state = state or ExplorerState()
+        self.measure_device = measure_device
+        s = self.state
+        opts = {"continuous_update": False}
+        self.sliders = {
+            "batch": w.SelectionSlider(options=_axis_values(BATCHES, s.batch), value=s.batch, description="batch", **opts),
+            "seq_len": w.SelectionSlider(options=_axis_values(SEQ_LENS, s.seq_len), value=s.seq_len, description="seq len", **opts),
+            "layers": w.IntSlider(value=s.layers, min=1, max=32, description="layers", **opts),
+            "hidden": w.SelectionSlider(options=_axis_values(HIDDEN_SIZES, s.hidden), value=s.hidden, description="hidden", **opts),
+            "precision": w.Dropdown(options=["bf16", "fp16", "fp32"], value=s.precision, description="precision"),
+            "attention": w.ToggleButtons(options=["sdpa", "naive"], value=s.attention, description="attention"),
+            "checkpointing": w.Checkbox(value=s.checkpointing, description="checkpointing"),
+            "gpu": w.Dropdown(options=[(c.name, k) for k, c in GPU_PRESETS.items()], value=s.gpu, description="GPU"),
+        }
+        self.measure_button = w.Button(description="measure this point", tooltip="run real training steps here")
+        self.fit_label = w.Label()
+        self.status = w.Label()
+        self.measured: list[tuple[ExplorerState, float]] = []
+        self.image = w.Image(format="png")
+        self.legend = w.HTML()
+        # A bare Agg figure (not pyplot's): nothing is shown twice in a notebook, and we render it ourselves.
+        self.figure = Figure(figsize=(12, 7.5), dpi=72)
+        FigureCanvasAgg(self.figure)
+        self.plot_data: dict = {}
+        for slider in self.sliders.values():
+            slider.observe(self._on_change, names="value")
+        self.measure_button.on_click(self._on_measure)
+        self.widget = w.VBox([w.HBox([w.VBox(list(self.sliders.values())[:4]), w.VBox(list(self.sliders.values())[4:])]),
+                              w.HBox([self.measure_button, self.status]), self.fit_label,
+                              w.HBox([self.image, self.legend])])
+        self.redraw()
+
+    def current_state(self) -> ExplorerState:
+        return replace(self.state, **{k: sl.value for k, sl in self.sliders.items()})
+
+    def redraw(self) -> None:
+        self.state = self.current_state()
+        if not hasattr(self.figure, "_memory_artists"):
+            _, self.plot_data = draw(self.state, self.figure, self.measured, legends=False)
+        else:
+            self.plot_data = update(self.figure, self.state, self.measured)
+        self.fit_label.value = self.figure._memory_artists["title"].get_text()  # fit_text(state), made once
+        self.legend.value = legend_html(self.plot_data["breakdown"])
+        self.image.value = render_png(self.figure)
+
+    def _on_change(self, _change) -> None:
+        self.redraw()
+
+    def _on_measure(self, _button=None) -> None:
+        s = self.current_state()
+        self.status.value = "measuring..."
+        m = measure(s.config(), s.batch, s.seq_len, precision=s.precision, checkpointing=s.checkpointing,
+                    device=self.measure_device)
+        if m.fits:
+            self.measured.append((s, m.peak_bytes / GiB))
+            predicted = estimate(s.config(), s.batch, s.seq_len, precision=s.precision,
+                                 checkpointing=s.checkpointing, device=m.device).peak_bytes
+            err = (predicted - m.peak_bytes) / m.peak_bytes
+            self.status.value = f"measured on {m.device}: {m.peak_bytes / GiB:.3f} GiB (estimate {err:+.1%})"
+        else:
+            self.status.value = f"measured on {m.device}: {m.error}"
+        self.redraw()
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+
+def memory_explorer(preset: str = "minimind2-small", **state) -> MemoryExplorer:
+    """The explorer for ``preset`` (layers and hidden size start at the preset's); display it in a notebook."""
+    base = get_preset(preset)
+    state = {"layers": base.num_layers, "hidden": base.hidden_size, "attention": base.attention, **state}
+    return MemoryExplorer(ExplorerState(preset=preset, **state))

@@ -1,0 +1,56 @@
+"""`minimind-edu memory`: the table, the JSON (every term in bytes, equal to estimate()), --measure, errors."""
+from __future__ import annotations
+
+import json
+
+from minimind_edu.cli import main
+from minimind_edu.memory import estimate
+from minimind_edu.model import get_preset
+
+
+def test_json_terms_equal_estimate(capsys):
+    assert main(["memory", "--preset", "tiny", "--layers", "3", "--batch", "4", "--seq", "64", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    est = estimate(get_preset("tiny", num_layers=3), 4, 64)
+    assert out["terms"] == est.terms and out["peak_bytes"] == est.peak_bytes
+    assert set(out["explanations"]) >= set(est.terms)
+
+
+def test_table_with_measure_and_gpu(capsys):
+    args = ["memory", "--preset", "tiny", "--batch", "2", "--seq", "32", "--precision", "fp32",
+            "--attention", "naive", "--checkpointing", "--measure", "--gpu", "rtx-4060"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "peak allocated" in out and "measured peak" in out and "cuda_context" in out
+    assert "fits on RTX 4060 8GB" in out and "largest batch that fits" in out
+    err_line = next(line for line in out.splitlines() if line.startswith("measured peak"))
+    assert abs(float(err_line.split("estimate is")[1].split("%")[0])) <= 3.0
+
+
+def test_json_measure_and_hidden_override(capsys):
+    assert main(["memory", "--preset", "tiny", "--hidden", "128", "--batch", "2", "--seq", "32",
+                 "--measure", "--json", "--gpu", "24"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert abs(out["measured"]["relative_error"]) <= 0.03
+    assert out["fit"]["fits"] is True and out["fit"]["capacity_bytes"] == 24 * 2**30
+
+
+def test_bad_arguments_exit_2(capsys):
+    assert main(["memory", "--preset", "nope", "--batch", "2", "--seq", "32"]) == 2
+    assert "unknown preset" in capsys.readouterr().err
+    assert main(["memory", "--preset", "tiny", "--batch", "0", "--seq", "32"]) == 2
+    assert "batch_size" in capsys.readouterr().err
+    assert main(["memory", "--preset", "tiny", "--batch", "1", "--seq", "32", "--gpu", "rtx-9999"]) == 2
+    assert "unknown GPU" in capsys.readouterr().err
+
+
+def test_gpu_grid_script_dry_run_on_cpu(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, str(root / "benchmarks" / "memory_grid_gpu.py"), "--dry-run", "--out", str(tmp_path)],
+                   check=True, cwd=root / "benchmarks", capture_output=True, timeout=120)
+    lines = (tmp_path / "memory_grid_dry-run-cpu.csv").read_text().splitlines()
+    assert lines[0].startswith("gpu,model,hidden") and len(lines) == 4

@@ -1,0 +1,69 @@
+"""The memory explorer is a thin view: its plotted data equal estimate() at the slider values."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+from minimind_edu.memory import GiB, estimate, largest_batch  # noqa: E402
+from minimind_edu.widgets import ExplorerState, curves, memory_explorer  # noqa: E402
+
+
+def test_plotted_curves_equal_estimate_at_slider_values():
+    ex = memory_explorer("minimind2-small", gpu="rtx-4090")
+    ex.sliders["batch"].value = 32
+    ex.sliders["seq_len"].value = 256
+    ex.sliders["layers"].value = 12
+    ex.sliders["precision"].value = "fp32"
+    ex.sliders["attention"].value = "naive"
+    cfg = ex.state.config()
+    assert (cfg.num_layers, cfg.hidden_size, cfg.attention) == (12, 512, "naive")
+    kw = dict(precision="fp32", checkpointing=False, device="cuda", gpu="rtx-4090")
+    batch_curve = ex.plot_data["batch"]
+    i = batch_curve["x"].index(32)
+    assert batch_curve["allocated"][i] == estimate(cfg, 32, 256, **kw).peak_bytes / GiB
+    seq_curve = ex.plot_data["seq_len"]
+    j = seq_curve["x"].index(1024)
+    assert seq_curve["total"][j] == estimate(cfg, 32, 1024, **kw).total_with_overhead / GiB
+    layer_curve = ex.plot_data["layers"]
+    assert layer_curve["allocated"][0] == estimate(cfg.with_(num_layers=1), 32, 256, **kw).peak_bytes / GiB
+    # the matplotlib line holds the same numbers
+    line = ex.figure.axes[0].lines[0]
+    assert list(line.get_ydata()) == batch_curve["allocated"]
+    # the picture is rendered (PNG bytes) and the HTML legend lists the breakdown
+    assert ex.image.value[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "activations" in ex.legend.value and "GiB" in ex.legend.value
+    # the stacked bar sums to the nvidia-smi total
+    assert abs(sum(ex.plot_data["breakdown"].values()) - estimate(cfg, 32, 256, **kw).total_with_overhead / GiB) < 1e-9
+
+
+def test_fit_text_changes_with_the_card_and_batch():
+    ex = memory_explorer("minimind2-small", gpu="h100-80gb", batch=64, seq_len=512, layers=12)
+    assert "fits on H100" in ex.fit_label.value
+    best = largest_batch(ex.state.config(), 512, "rtx-4060", precision="bf16", checkpointing=False)
+    ex.sliders["gpu"].value = "rtx-4060"
+    assert "does NOT fit" in ex.fit_label.value and f"largest batch that fits: {best}" in ex.fit_label.value
+    ex.sliders["checkpointing"].value = True  # recomputation frees enough for a larger batch
+    assert f"largest batch that fits: {best}" not in ex.fit_label.value
+
+
+def test_measure_button_adds_a_measured_point():
+    ex = memory_explorer("tiny", batch=2, seq_len=64, gpu="rtx-4060")
+    ex.measure_device = "cpu"
+    assert ex.measured == []
+    ex.measure_button.click()
+    assert len(ex.measured) == 1
+    state, gib = ex.measured[0]
+    assert state == ex.state
+    est = estimate(state.config(), 2, 64).peak_bytes / GiB
+    assert abs(gib - est) / gib <= 0.03
+    labels = [ln.get_label() for ln in ex.figure.axes[0].lines]
+    assert "measured" in labels and "measured on cpu" in ex.status.value
+
+
+def test_curves_are_pure_and_mark_the_current_point():
+    state = ExplorerState(batch=24, seq_len=768, layers=5)
+    data = curves(state)
+    assert data["batch"]["current"] == 24 and 24 in data["batch"]["x"]
+    assert data["layers"]["x"] == list(range(1, 33))
+    assert curves(state) == data
