@@ -107,11 +107,9 @@ def draw(state: ExplorerState, fig=None, measured: list[tuple[ExplorerState, flo
         measured_pts, = ax.plot([], [], "x", color="C2", ms=10, mew=2, label="measured")
         cap = ax.axhline(0, color="k", lw=1, label=f"{get_gpu(state.gpu).name} memory")
         if axis != "layers":
-            ax.set_xlim(1, 4096)  # a positive range before the log scale; update() sets the real one
-            ax.set_xscale("log", base=2)
-            # plain integer labels at fixed ticks: mathtext labels like 2^5 are slow to render
-            ticks = [1, 4, 16, 64, 256] if axis == "batch" else [32, 128, 512, 2048]
-            ax.xaxis.set_major_locator(FixedLocator(ticks))
+            # Linear axes on purpose: on a log x-axis a straight line (memory vs batch) looks exponential,
+            # and telling "linear" from "quadratic" (memory vs sequence length) is the point of the plot.
+            ax.xaxis.set_major_locator(MaxNLocator(6, integer=True))
             ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
             ax.xaxis.set_minor_locator(NullLocator())
         ax.yaxis.set_major_locator(MaxNLocator(5))
@@ -150,8 +148,8 @@ def update(fig, state: ExplorerState, measured: list[tuple[ExplorerState, float]
         measured_pts.set_data([p[0] for p in pts], [p[1] for p in pts])
         cap_line.set_ydata([cap, cap])
         cap_line.set_label(card.name)
-        ax.set_xlim(min(d["x"]) * (0.8 if axis != "layers" else 1) - (0.5 if axis == "layers" else 0),
-                    max(d["x"]) * (1.25 if axis != "layers" else 1) + (0.5 if axis == "layers" else 0))
+        span = max(d["x"]) - min(d["x"])
+        ax.set_xlim(min(d["x"]) - 0.03 * span, max(d["x"]) + 0.03 * span)
         ax.set_ylim(0, max(cap * 1.3, min(max(d["total"]), cap * 4)))
     parts = breakdown(state.estimate())
     bar = artists["bar"]
