@@ -1,0 +1,125 @@
+"""Checkpoints: a folder of safetensors weights + a weights-only state file, written atomically.
+
+Layout of ``out_dir/checkpoints/step_00000123/``: ``model.safetensors`` (weights: plain tensor data, no
+code), ``state.pt`` (optimizer, GradScaler, step, data position, RNG states: tensors and plain containers,
+read back with ``torch.load(weights_only=True)``), ``config.json`` (model + training configs) and the
+tokenizer files. A checkpoint is written into ``.tmp-step_...`` and renamed when complete, so a crash
+mid-write never damages the previous one; only the newest ``keep_last`` are kept.
+
+:mod:`minimind_edu.train` re-exports everything here; import from either.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .model import MiniMind, ModelConfig
+from .tokenizer import load_tokenizer
+
+def clean_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Parameter names as the bare model has them: no ``_orig_mod.`` (torch.compile), no ``module.`` (DDP)."""
+    out = {}
+    for key, value in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in ("_orig_mod.", "module."):
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix):], True
+        out[key] = value
+    return out
+
+
+def _step_dir_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def list_checkpoints(out_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (temporary folders of interrupted writes are skipped)."""
+    folder = Path(out_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith("step_") and (p / "state.pt").exists()]
+    return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+
+
+def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
+    ckpts = list_checkpoints(out_dir)
+    return ckpts[-1] if ckpts else None
+
+
+def _fsync_dir_files(folder: Path) -> None:
+    for p in folder.iterdir():
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())
+
+
+def _write_state(state: dict, path: Path) -> None:
+    torch.save(state, path)
+
+
+def save_checkpoint_dir(out_dir: Path, step: int, model: MiniMind, state: dict, configs: dict,
+                        tokenizer_dir: Path | None, keep_last: int) -> Path:
+    """Write a checkpoint folder atomically (temporary folder, then one rename) and prune old ones."""
+    folder = out_dir / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(".tmp-*"):  # left by a run killed mid-write: never loadable, so remove
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = folder / f".tmp-{_step_dir_name(step)}-{os.getpid()}"
+    tmp.mkdir()
+    weights = clean_state_dict(model.state_dict())
+    if model.config.tie_word_embeddings:
+        weights.pop("lm_head.weight", None)  # the same tensor as embed_tokens.weight; safetensors stores it once
+    save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp / "model.safetensors"))
+    (tmp / "config.json").write_text(json.dumps(configs, indent=1, ensure_ascii=False))
+    if tokenizer_dir is not None:
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            if (tokenizer_dir / name).exists():
+                shutil.copyfile(tokenizer_dir / name, tmp / name)
+    _write_state(state, tmp / "state.pt")
+    _fsync_dir_files(tmp)
+    final = folder / _step_dir_name(step)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in list_checkpoints(out_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _resolve_checkpoint(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if (path / "model.safetensors").exists():
+        return path
+    latest = latest_checkpoint(path)
+    if latest is None:
+        raise FileNotFoundError(f"{path}: no checkpoint here (expected model.safetensors, or checkpoints/step_*/)")
+    return latest
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> MiniMind:
+    """A trained model from a checkpoint folder or a run's ``out_dir`` (its newest checkpoint), in eval mode.
+
+    Only ``config.json`` and ``model.safetensors`` are read: no pickle, so no code from the file runs.
+    """
+    ckpt = _resolve_checkpoint(path)
+    configs = json.loads((ckpt / "config.json").read_text())
+    model = MiniMind(ModelConfig.from_dict(configs["model"]))
+    weights = load_file(str(ckpt / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    allowed_missing = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+    if set(missing) - allowed_missing or unexpected:
+        raise ValueError(f"{ckpt}: weights do not match the config: missing {sorted(set(missing) - allowed_missing)}, "
+                         f"unexpected {sorted(unexpected)}")
+    return model.to(device).eval()
+
+
+def load_trained(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """``(model, tokenizer)`` from a checkpoint: ready for :func:`minimind_edu.generate.stream_text`."""
+    ckpt = _resolve_checkpoint(path)
+    return load_model(ckpt, device), load_tokenizer(ckpt)

@@ -1,0 +1,569 @@
+"""The training loop: one implementation for notebook 04, notebook 05 and ``minimind-edu pretrain``.
+
+Public API (stable)::
+
+    TrainConfig(...)                         # every knob, with defaults for the course-cpu model
+    train(cfg, callbacks=(), resume=False, train_data=None, valid_data=None) -> TrainResult
+    Trainer(cfg, resume=False, train_data=None, valid_data=None)
+        .run(callbacks=()) -> TrainResult    # what train() calls
+        .train_step() -> (loss, grad_norm)   # one optimizer step (grad accumulation inside), floats
+        .evaluate() -> float                 # mean loss on cfg.eval_batches fixed validation batches
+        .save_checkpoint() -> Path | None    # rank 0 only; atomic; keeps the last cfg.keep_last
+        .model / .optimizer / .step / .max_steps / .batches / .device / .precision
+    TrainResult: history (list of the metric records), step, max_steps, out_dir, checkpoint, model,
+                 stopped_early, seconds; .steps / .losses / .val_steps / .val_losses
+    lr_at(step, max_lr, min_lr, warmup_steps, max_steps) -> float     # linear warmup + cosine to a floor
+    param_groups(model, weight_decay) -> list[dict]                     # decay matrices, not norms
+    make_optimizer(model, lr, weight_decay, betas) -> torch.optim.AdamW
+    resolve_device(name) -> torch.device ; resolve_precision(name, device) -> "bf16"|"fp16"|"fp32"
+    autocast(device, precision) -> context manager
+    cpu_has_fast_bf16() -> bool              # AVX512-BF16 or AMX: what precision="auto" checks on CPU
+    clean_state_dict(state_dict) -> dict     # strips torch.compile's "_orig_mod." and DDP's "module."
+    list_checkpoints(out_dir) -> list[Path]  # complete checkpoints, oldest first
+    latest_checkpoint(out_dir) -> Path | None
+    save_checkpoint_dir(out_dir, step, model, state, configs, tokenizer_dir, keep_last) -> Path
+    load_model(path, device="cpu") -> MiniMind            # path: a checkpoint folder or a run's out_dir
+    load_trained(path, device="cpu") -> (MiniMind, tokenizers.Tokenizer)
+
+Callbacks are called (on rank 0) with each metric record, the same dict that is appended to
+``out_dir/metrics.jsonl``: ``step, tokens, loss, lr, grad_norm, tokens_per_s, mfu, peak_mem, epoch,
+elapsed_s`` and ``val_loss`` on evaluation steps (``loss`` is the mean training loss since the previous
+record). A callback that returns ``True`` stops training after a checkpoint is written at that step.
+Units: ``tokens`` counts tokens trained on by all ranks so far; ``tokens_per_s`` is for all ranks together,
+measured over the steps since the previous record (evaluation and checkpoint time left out); ``mfu`` is
+per device, against :func:`minimind_edu.flops.device_peak_flops` (None when the peak is unknown or
+``measure_mfu=False``); ``peak_mem`` is bytes: ``torch.cuda.max_memory_allocated`` on a GPU, the
+process's peak resident memory on a CPU.
+
+Time budget: with ``time_budget_min`` set, the warmup steps after the first (at least ``probe_steps``,
+at most a quarter of the budget) are timed, plus one evaluation; then ``max_steps`` is fixed so that
+training and evaluations fill the budget, and the cosine schedule ends there. Warmup's learning rate does
+not depend on ``max_steps``, so fitting at its end changes nothing that already happened;
+``cfg.max_steps`` is only a cap while timing (and shapes the lr of probe steps past a short warmup).
+The fitted value is saved in checkpoints, so a resumed run keeps it.
+
+A checkpoint (:mod:`minimind_edu.checkpoint`, re-exported here) is a folder ``out_dir/checkpoints/step_00000123/`` holding ``model.safetensors`` (the
+weights, no code), ``state.pt`` (optimizer, GradScaler, step, fitted max_steps, data position, RNG states:
+tensors and plain containers only, loaded with ``torch.load(weights_only=True)``), ``config.json`` (model
+and training configs) and the tokenizer files. It is written under a temporary name and renamed, so a
+crash mid-write leaves the previous checkpoint intact. ``resume=True`` continues from the newest one:
+on CPU the losses that follow are bit-identical to a run that was never interrupted.
+
+Distributed: run the same script under ``torchrun --nproc_per_node N`` (nccl on GPUs, gloo on CPU).
+Each rank takes its own slice of every global batch of ``batch_size * world_size`` sequences, so N ranks
+with ``batch_size=B`` train exactly like one process with ``batch_size=N*B``; only rank 0 logs and saves.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from . import flops
+from .checkpoint import (  # re-exported: part of this module's public API
+    clean_state_dict,
+    latest_checkpoint,
+    list_checkpoints,
+    load_model,
+    load_trained,
+    save_checkpoint_dir,
+)
+from .data import TokenData, load_splits, make_batches
+from .model import MiniMind, ModelConfig, get_preset
+from .tokenizer import default_tokenizer_dir
+
+__all__ = [
+    "TrainConfig", "Trainer", "TrainResult", "train", "lr_at", "param_groups", "make_optimizer", "resolve_device",
+    "resolve_precision", "cpu_has_fast_bf16", "autocast", "clean_state_dict", "list_checkpoints",
+    "latest_checkpoint", "save_checkpoint_dir", "load_model", "load_trained",
+]
+
+Callback = Callable[[dict], "bool | None"]
+STATE_VERSION = 1
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs. ``model`` is a preset name or a :class:`ModelConfig`."""
+
+    model: str | ModelConfig = "course-cpu"
+    batch_size: int = 16  # sequences per micro-batch, per rank
+    seq_len: int = 256
+    grad_accum_steps: int = 1  # micro-batches per optimizer step
+    max_steps: int = 1000  # optimizer steps; with time_budget_min, replaced by a fitted value
+    time_budget_min: float | None = None  # train for about this long: max_steps fitted after probe_steps
+    probe_steps: int = 4  # at least this many steps (after the first) are timed to fit max_steps to the budget
+    lr: float = 1e-3
+    min_lr: float = 1e-4  # the cosine floor
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    precision: str = "auto"  # "auto" | "bf16" | "fp16" | "fp32"
+    device: str = "auto"  # "auto" (cuda, else cpu) | "cpu" | "cuda" | "cuda:N" | "mps"
+    batch_kind: str = "packed"  # "packed" windows (no padding) | "padded" (one document per row)
+    eval_every: int = 100  # 0: only at the end
+    eval_batches: int = 10
+    log_every: int = 10
+    save_every: int = 500  # 0: only at the end
+    keep_last: int = 2
+    out_dir: str | None = "runs/course-cpu"  # None: keep nothing on disk
+    seed: int = 0
+    compile: bool = False  # torch.compile: off by default; compiling tiny took ~60 s on the 2-core course CPU
+    train_data: str | list[str] | None = None  # None: the shipped corpus
+    valid_data: str | list[str] | None = None  # None: shipped valid files, or a held-out doc range of train_data
+    valid_fraction: float = 0.02
+    tokenizer_dir: str | None = None  # None: the course tokenizer (cache_dir()/tokenizer)
+    progress: bool = True  # tqdm bar
+    measure_mfu: bool = True  # on CPU this measures the matmul peak once (about 2 s)
+
+    def model_config(self) -> ModelConfig:
+        if isinstance(self.model, ModelConfig):
+            return self.model
+        if isinstance(self.model, dict):
+            return ModelConfig.from_dict(self.model)
+        return get_preset(self.model)
+
+    def validate(self) -> None:
+        positive = ("batch_size", "seq_len", "grad_accum_steps", "max_steps", "log_every", "keep_last", "eval_batches")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("eval_every", "save_every", "warmup_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"need 0 <= min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
+        if self.time_budget_min is not None and self.time_budget_min <= 0:
+            raise ValueError(f"time_budget_min must be positive, got {self.time_budget_min}")
+        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
+            raise ValueError(f'precision must be "auto", "bf16", "fp16" or "fp32", got {self.precision!r}')
+        if self.seq_len > self.model_config().max_position_embeddings:
+            raise ValueError(f"seq_len={self.seq_len} exceeds the model's max_position_embeddings="
+                             f"{self.model_config().max_position_embeddings}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self) if not isinstance(self.model, ModelConfig) else {**asdict(self), "model": self.model.to_dict()}
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        if isinstance(d.get("model"), dict):
+            d["model"] = ModelConfig.from_dict(d["model"])
+        if "betas" in d:
+            d["betas"] = tuple(d["betas"])
+        return cls(**d)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pieces, each usable alone (the notebook builds them one at a time)
+
+
+def lr_at(step: int, max_lr: float, min_lr: float, warmup_steps: int, max_steps: int) -> float:
+    """Learning rate for optimizer step ``step`` (0-based): linear warmup, then cosine down to ``min_lr``.
+
+    Warmup: ``max_lr * (step + 1) / warmup_steps`` (never exactly 0, so step 0 already learns).
+    After it: ``min_lr + (max_lr - min_lr) * (1 + cos(pi * p)) / 2`` with
+    ``p = (step - warmup_steps) / (max_steps - warmup_steps)``, clamped to [0, 1].
+    """
+    if step < warmup_steps:
+        return max_lr * (step + 1) / warmup_steps
+    span = max(1, max_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return min_lr + (max_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices (linear layers, the embedding); none on vectors (norm gains, biases).
+
+    Decay pulls weights towards 0; for a norm's gain, whose natural value is 1, that only hurts.
+    """
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():  # named_parameters() lists a tied matrix once
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.1,
+                   betas: tuple[float, float] = (0.9, 0.95)) -> torch.optim.AdamW:
+    fused = next(model.parameters()).device.type == "cuda"
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=tuple(betas), fused=fused or None)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto``: cuda when available, else cpu. MPS is never chosen automatically (see the note printed)."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            print("note: Apple MPS is available but not used: the course has not verified that it gives the same "
+                  "losses as the CPU. Pass device='mps' to try it anyway.", file=sys.stderr)
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} was asked for but torch.cuda.is_available() is False; use 'cpu' or 'auto'")
+    if device.type == "mps":
+        print("note: training on Apple MPS is unverified in this course; compare a few losses with device='cpu'.",
+              file=sys.stderr)
+    return device
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU has bf16 matmul instructions (AVX512-BF16 or AMX), where bf16 beats fp32."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, c, lambda: False)() for c in checks)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: bf16 where the hardware does it natively, fp16 (+ GradScaler) on older GPUs, else fp32."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        if device.type == "cpu":
+            return "bf16" if cpu_has_fast_bf16() else "fp32"
+        return "fp32"
+    if precision == "fp16" and device.type == "cpu":
+        raise ValueError("precision='fp16' needs a GPU; on CPU use 'bf16' or 'fp32'")
+    return precision
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Matmuls in bf16/fp16, weights and their updates still fp32 (mixed precision); fp32: nothing changes."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _peak_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * (1 if sys.platform == "darwin" else 1024)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The loop
+
+
+@dataclass
+class TrainResult:
+    history: list[dict]
+    step: int
+    max_steps: int
+    out_dir: Path | None
+    checkpoint: Path | None
+    model: MiniMind
+    stopped_early: bool = False
+    seconds: float = 0.0
+
+    @property
+    def steps(self) -> list[int]:
+        return [r["step"] for r in self.history if "loss" in r]
+
+    @property
+    def losses(self) -> list[float]:
+        return [r["loss"] for r in self.history if "loss" in r]
+
+    @property
+    def val_steps(self) -> list[int]:
+        return [r["step"] for r in self.history if "val_loss" in r]
+
+    @property
+    def val_losses(self) -> list[float]:
+        return [r["val_loss"] for r in self.history if "val_loss" in r]
+
+
+def _init_distributed(device_name: str) -> tuple[int, int, int, bool]:
+    """(rank, world_size, local_rank, we_initialised) from torchrun's environment; (0, 1, 0, False) alone."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 and not dist.is_initialized():
+        return 0, 1, 0, False
+    ours = False
+    if not dist.is_initialized():
+        use_cuda = torch.cuda.is_available() and device_name != "cpu"
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        ours = True
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), ours
+
+
+class Trainer:
+    """Holds the model, optimizer, data position and step; ``run()`` is the loop (see module docstring)."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False,
+                 train_data: TokenData | None = None, valid_data: TokenData | None = None):
+        cfg.validate()
+        self.cfg = cfg
+        self.rank, self.world_size, local_rank, self._owns_pg = _init_distributed(cfg.device)
+        self.is_main = self.rank == 0
+        device = resolve_device(cfg.device)
+        if device.type == "cuda" and self.world_size > 1:
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+        self.device = device
+        self.precision = resolve_precision(cfg.precision, device)
+        self.model_cfg = cfg.model_config()
+        self.out_dir = Path(cfg.out_dir) if cfg.out_dir is not None else None
+        self.tokenizer_dir = Path(cfg.tokenizer_dir) if cfg.tokenizer_dir else default_tokenizer_dir()
+
+        if train_data is None:
+            train_data, valid_data_loaded = load_splits(cfg.train_data, cfg.valid_data, cfg.tokenizer_dir,
+                                                        cfg.valid_fraction, progress=cfg.progress and self.is_main)
+            valid_data = valid_data if valid_data is not None else valid_data_loaded
+        train_data.check_vocab(self.model_cfg.vocab_size)
+        if valid_data is not None:
+            valid_data.check_vocab(self.model_cfg.vocab_size)
+        self.batches = make_batches(train_data, cfg.batch_kind, cfg.batch_size, cfg.seq_len, cfg.seed,
+                                    self.rank, self.world_size)
+        self.valid_batches = (make_batches(valid_data, cfg.batch_kind, cfg.batch_size, cfg.seq_len, cfg.seed)
+                              if valid_data is not None else None)
+
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+        self.model = MiniMind(self.model_cfg).to(device)
+        self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay, cfg.betas)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
+        self.step = 0
+        self.max_steps = cfg.max_steps
+        self.budget_fitted = cfg.time_budget_min is None
+        self.history: list[dict] = []
+        self.checkpoint: Path | None = None
+        if resume:
+            self._resume()
+
+        self.fwd_model: torch.nn.Module = self.model
+        if self.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            self.fwd_model = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        if cfg.compile:
+            self.fwd_model = torch.compile(self.fwd_model)
+        self._flops_per_token = flops.training_flops_per_token(self.model_cfg, cfg.seq_len)
+        self._peak: float | None | str = "unmeasured"
+
+    # -- one step ---------------------------------------------------------------------------------------
+    @property
+    def tokens_per_step(self) -> int:
+        return self.cfg.batch_size * self.cfg.seq_len * self.cfg.grad_accum_steps * self.world_size
+
+    def lr(self, step: int | None = None) -> float:
+        c = self.cfg
+        return lr_at(self.step if step is None else step, c.lr, c.min_lr, c.warmup_steps, self.max_steps)
+
+    def train_step(self) -> tuple[float, float]:
+        """One optimizer step over ``grad_accum_steps`` micro-batches; returns (loss, grad norm before clipping)."""
+        lr = self.lr()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        accum = self.cfg.grad_accum_steps
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(accum):
+            inputs, targets = (t.to(self.device, non_blocking=True) for t in self.batches.next())
+            # DDP: average gradients across ranks only on the last micro-batch, not on every one.
+            sync = contextlib.nullcontext()
+            if self.world_size > 1 and micro < accum - 1:
+                sync = self.fwd_model.no_sync() if hasattr(self.fwd_model, "no_sync") else sync
+            with sync:
+                with autocast(self.device, self.precision):
+                    loss = self.fwd_model(inputs, targets).loss / accum  # mean over the step, not a sum
+                self.scaler.scale(loss).backward()
+            loss_sum += loss.detach()
+        self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the fp16-scaled ones
+        max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        if self.world_size > 1:  # log the global mean loss; gradients were already averaged by DDP
+            dist.all_reduce(loss_sum, op=dist.ReduceOp.SUM)
+            loss_sum /= self.world_size
+        return float(loss_sum), float(grad_norm)
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean loss over the same ``eval_batches`` validation batches every time (comparable across steps)."""
+        if self.valid_batches is None:
+            raise ValueError("no validation data was given")
+        self.model.eval()
+        total = 0.0
+        batches = self.valid_batches.eval_batches(self.cfg.eval_batches)
+        for inputs, targets in batches:
+            with autocast(self.device, self.precision):
+                total += float(self.model(inputs.to(self.device), targets.to(self.device)).loss)
+        self.model.train()
+        return total / len(batches)
+
+    # -- checkpoints --------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        state = {
+            "version": STATE_VERSION,
+            "step": self.step,
+            "max_steps": self.max_steps,
+            "budget_fitted": self.budget_fitted,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "data": self.batches.state_dict(),
+            "world_size": self.world_size,
+            "rng_cpu": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available():
+            state["rng_cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def save_checkpoint(self) -> Path | None:
+        if not self.is_main or self.out_dir is None:
+            return None
+        configs = {"model": self.model_cfg.to_dict(), "train": self.cfg.to_dict(),
+                   "tokenizer": str(self.tokenizer_dir), "step": self.step}
+        self.checkpoint = save_checkpoint_dir(self.out_dir, self.step, self.model, self.state_dict(), configs,
+                                              self.tokenizer_dir, self.cfg.keep_last)
+        return self.checkpoint
+
+    def _resume(self) -> None:
+        ckpt = latest_checkpoint(self.out_dir) if self.out_dir is not None else None
+        if ckpt is None:
+            if self.is_main:
+                print(f"resume: no checkpoint in {self.out_dir}, starting from step 0", file=sys.stderr)
+            return
+        saved = json.loads((ckpt / "config.json").read_text())
+        if saved["model"] != self.model_cfg.to_dict():
+            raise ValueError(f"{ckpt}: the checkpoint's model config differs from this run's; resume with the same "
+                             "model, or use a new out_dir")
+        for key in ("seq_len", "batch_kind", "seed"):
+            if saved["train"].get(key) != getattr(self.cfg, key):
+                raise ValueError(f"{ckpt}: {key}={saved['train'].get(key)!r} in the checkpoint but "
+                                 f"{getattr(self.cfg, key)!r} now; the data position only makes sense with the same value")
+        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+        self.model.load_state_dict(load_model(ckpt).state_dict())
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.batches.load_state_dict(state["data"])
+        self.step, self.max_steps, self.budget_fitted = state["step"], state["max_steps"], state["budget_fitted"]
+        torch.set_rng_state(state["rng_cpu"])
+        if "rng_cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        self.checkpoint = ckpt
+        # Records written after this checkpoint belong to the lost future: drop them, they will be redone.
+        metrics = self.out_dir / "metrics.jsonl"
+        if self.is_main and metrics.exists():
+            kept = [line for line in metrics.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= self.step]
+            tmp = metrics.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, metrics)
+            self.history = [json.loads(line) for line in kept]
+
+    # -- the loop -----------------------------------------------------------------------------------------
+    def _mfu(self, tokens_per_s: float) -> float | None:
+        if not self.cfg.measure_mfu:
+            return None
+        if self._peak == "unmeasured":
+            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[self.precision]
+            self._peak = flops.device_peak_flops(self.device, dtype)
+        return flops.mfu(tokens_per_s / self.world_size, self._flops_per_token, self._peak)
+
+    def _fit_budget(self, started: float, probe_times: list[float]) -> None:
+        """Fix max_steps so the run (steps + evaluations) ends near time_budget_min; the cosine follows it."""
+        step_s = sorted(probe_times)[len(probe_times) // 2]  # median: robust to one slow step
+        eval_s = 0.0
+        if self.valid_batches is not None and self.cfg.eval_every:
+            t0 = time.perf_counter()
+            self.evaluate()
+            eval_s = (time.perf_counter() - t0) / self.cfg.eval_every
+        remaining = self.cfg.time_budget_min * 60 - (time.perf_counter() - started)
+        fitted = torch.tensor(self.step + max(1, int(remaining / (step_s + eval_s))), device=self.device)
+        if self.world_size > 1:  # ranks timed themselves separately: all must use rank 0's number
+            dist.broadcast(fitted, 0)
+        self.max_steps = int(fitted)
+        self.budget_fitted = True
+        if self.is_main:
+            print(f"time budget {self.cfg.time_budget_min} min: {step_s * 1000:.0f} ms/step measured -> "
+                  f"max_steps={self.max_steps}", file=sys.stderr)
+
+    def run(self, callbacks: Iterable[Callback] = ()) -> TrainResult:
+        cfg, callbacks = self.cfg, list(callbacks)
+        started = time.perf_counter()
+        metrics_file = self.out_dir / "metrics.jsonl" if (self.out_dir is not None and self.is_main) else None
+        if metrics_file is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        bar = tqdm(total=self.max_steps, initial=self.step, desc="training", unit="step",
+                   disable=not (cfg.progress and self.is_main), dynamic_ncols=True)
+        window_losses: list[float] = []
+        window_start, probe_times = time.perf_counter(), []
+        stopped = False
+        while self.step < self.max_steps:
+            t0 = time.perf_counter()
+            loss, grad_norm = self.train_step()
+            window_losses.append(loss)
+            if not self.budget_fitted:
+                if self.step > 1:  # the first step pays one-off costs (allocation, kernel choice)
+                    probe_times.append(time.perf_counter() - t0)
+                # The warmup learning rate does not depend on max_steps, so timing the whole warmup costs
+                # nothing and averages out a busy machine's bursts; stop early if it eats the budget.
+                enough = len(probe_times) >= max(cfg.probe_steps, cfg.warmup_steps - 1)
+                late = time.perf_counter() - started > 0.25 * cfg.time_budget_min * 60
+                if probe_times and (enough or late or self.step >= cfg.max_steps):
+                    self._fit_budget(started, probe_times)
+                    bar.total = self.max_steps
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self.lr(self.step - 1):.2e}")
+            final = self.step >= self.max_steps
+            evaluate = self.valid_batches is not None and (final or (cfg.eval_every and self.step % cfg.eval_every == 0))
+            if self.step % cfg.log_every == 0 or evaluate or final:
+                elapsed = time.perf_counter() - window_start
+                tps = len(window_losses) * self.tokens_per_step / elapsed
+                record = {
+                    "step": self.step,
+                    "tokens": self.step * self.tokens_per_step,
+                    "loss": sum(window_losses) / len(window_losses),
+                    "lr": self.lr(self.step - 1),
+                    "grad_norm": grad_norm,
+                    "tokens_per_s": tps,
+                    "mfu": self._mfu(tps),
+                    "peak_mem": _peak_memory(self.device),
+                    "epoch": self.batches.epoch,
+                    "elapsed_s": time.perf_counter() - started,
+                }
+                if evaluate:
+                    record["val_loss"] = self.evaluate()
+                self.history.append(record)
+                if metrics_file is not None:
+                    with open(metrics_file, "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                if self.is_main:
+                    stopped = any(cb(record) is True for cb in callbacks)
+                if self.world_size > 1:  # every rank must agree to stop
+                    flag = torch.tensor(float(stopped), device=self.device)
+                    dist.broadcast(flag, 0)
+                    stopped = bool(flag.item())
+                window_losses, window_start = [], time.perf_counter()
+            if final or stopped or (cfg.save_every and self.step % cfg.save_every == 0):
+                self.save_checkpoint()
+                window_start = time.perf_counter()  # saving is not training: keep it out of tokens/s
+            if stopped:
+                break
+        bar.close()
+        if self._owns_pg:
+            dist.destroy_process_group()
+        return TrainResult(self.history, self.step, self.max_steps, self.out_dir, self.checkpoint, self.model,
+                           stopped, time.perf_counter() - started)
+
+
+def train(cfg: TrainConfig, callbacks: Iterable[Callback] = (), resume: bool = False,
+          train_data: TokenData | None = None, valid_data: TokenData | None = None) -> TrainResult:
+    """Train (or, with ``resume=True``, continue training) as ``cfg`` says; see the module docstring."""
+    return Trainer(cfg, resume, train_data, valid_data).run(callbacks)

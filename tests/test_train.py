@@ -1,0 +1,341 @@
+"""The training loop: schedule, optimizer groups, accumulation, overfitting, checkpoints, resume, DDP, safety."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from minimind_edu.data import TokenData
+from minimind_edu.model import MiniMind, get_preset
+from minimind_edu.tokenizer import default_tokenizer_dir, get_default_tokenizer
+from minimind_edu.train import (
+    TrainConfig,
+    Trainer,
+    clean_state_dict,
+    latest_checkpoint,
+    list_checkpoints,
+    load_model,
+    load_trained,
+    lr_at,
+    param_groups,
+    resolve_precision,
+    train,
+)
+
+STORIES = [f"Once upon a time there was a cat number {i}. It liked fish, milk and naps in the sun." for i in range(60)]
+VALID = [f"A dog called Rex number {i} ran to the park." for i in range(8)]
+
+CHILD = r"""
+import json, sys, time, torch
+torch.set_num_threads(1)
+from minimind_edu.train import TrainConfig, train
+cfg = TrainConfig.from_dict(json.loads(sys.argv[1]))
+slow = float(sys.argv[2])
+train(cfg, callbacks=[lambda r: time.sleep(slow)], resume="--resume" in sys.argv)
+"""
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    get_default_tokenizer()
+    folder = tmp_path_factory.mktemp("corpus")
+    (folder / "train.txt").write_text("\n\n".join(STORIES))
+    (folder / "valid.txt").write_text("\n\n".join(VALID))
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny models on a shared 2-core machine: one thread avoids oversubscription (and is faster here).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def base_cfg(corpus: Path, out_dir: Path | None, **changes) -> TrainConfig:
+    cfg = dict(model="tiny", batch_size=4, seq_len=32, max_steps=12, warmup_steps=3, lr=3e-3, min_lr=3e-4,
+               log_every=1, eval_every=4, eval_batches=2, save_every=3, keep_last=2,
+               out_dir=str(out_dir) if out_dir else None, train_data=[str(corpus / "train.txt")],
+               valid_data=[str(corpus / "valid.txt")], tokenizer_dir=str(default_tokenizer_dir()),
+               progress=False, measure_mfu=False, precision="auto", seed=7)
+    cfg.update(changes)
+    return TrainConfig(**cfg)
+
+
+def child_env(tmp_path: Path) -> dict:
+    env = dict(os.environ, MINIMIND_EDU_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def run_child(tmp_path: Path, cfg: TrainConfig, *extra: str, slow: float = 0.0) -> subprocess.Popen:
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    return subprocess.Popen([sys.executable, str(script), json.dumps(cfg.to_dict()), str(slow), *extra],
+                            env=child_env(tmp_path), stderr=subprocess.PIPE, text=True)
+
+
+def read_metrics(out_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def toy_data(n_tokens: int, seed: int = 0, vocab: int = 6400) -> TokenData:
+    tokens = np.random.default_rng(seed).integers(3, vocab, n_tokens).astype(np.uint16)
+    return TokenData(tokens, np.array([0, n_tokens], dtype=np.int64))
+
+
+# --- pieces ------------------------------------------------------------------------------------------------
+
+
+def test_schedule_worked_examples():
+    kw = dict(max_lr=1e-3, min_lr=1e-4, warmup_steps=10, max_steps=110)
+    assert lr_at(0, **kw) == pytest.approx(1e-4)  # (0 + 1) / 10 of the peak: step 0 already learns
+    assert lr_at(4, **kw) == pytest.approx(5e-4)
+    assert lr_at(9, **kw) == pytest.approx(1e-3)  # warmup ends at the peak
+    assert lr_at(10, **kw) == pytest.approx(1e-3)  # cosine starts at the peak
+    assert lr_at(60, **kw) == pytest.approx(5.5e-4)  # half way down: (1e-3 + 1e-4) / 2
+    assert lr_at(35, **kw) == pytest.approx(1e-4 + 9e-4 * (1 + math.cos(math.pi / 4)) / 2)
+    assert lr_at(110, **kw) == pytest.approx(1e-4) and lr_at(500, **kw) == pytest.approx(1e-4)  # the floor
+    assert lr_at(0, 1e-3, 1e-4, 0, 100) == pytest.approx(1e-3)  # no warmup
+
+
+def test_weight_decay_only_on_matrices():
+    model = MiniMind(get_preset("tiny"))
+    decay, no_decay = param_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() == 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
+    # Every parameter once (the tied embedding / LM head matrix is not listed twice).
+    assert sum(p.numel() for g in (decay, no_decay) for p in g["params"]) == model.num_parameters()
+    cfg = get_preset("tiny")
+    assert len(no_decay["params"]) == 2 * cfg.num_layers + 1  # two norms per block and the final norm
+
+
+def test_precision_choice():
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) == "fp32"
+    assert resolve_precision("auto", cpu) in ("bf16", "fp32")
+    with pytest.raises(ValueError, match="fp16.*needs a GPU"):
+        resolve_precision("fp16", cpu)
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="int8").validate()
+
+
+def test_wrappers_never_leak_into_saved_keys():
+    model = MiniMind(get_preset("tiny"))
+    bare = list(model.state_dict())
+    compiled = torch.compile(model)  # lazy: nothing is compiled until it is called
+    assert all(k.startswith("_orig_mod.") for k in compiled.state_dict())
+    assert list(clean_state_dict(compiled.state_dict())) == bare
+
+    class Wrapper(torch.nn.Module):  # the shape of DDP: the model sits in .module
+        def __init__(self, m):
+            super().__init__()
+            self.module = m
+
+    assert list(clean_state_dict(Wrapper(compiled).state_dict())) == bare
+
+
+# --- proofs --------------------------------------------------------------------------------------------------
+
+
+def captured_grads(cfg: TrainConfig, data: TokenData) -> dict[str, torch.Tensor]:
+    trainer = Trainer(cfg, train_data=data, valid_data=None)
+    grads = {}
+    step = trainer.optimizer.step
+
+    def capture(*a, **k):
+        grads.update({n: p.grad.clone() for n, p in trainer.model.named_parameters()})
+        return step(*a, **k)
+
+    trainer.optimizer.step = capture
+    trainer.train_step()
+    return grads
+
+
+def test_grad_accumulation_equals_one_big_batch():
+    data = toy_data(2000)
+    common = dict(model="tiny", seq_len=16, out_dir=None, progress=False, precision="fp32", grad_clip=0.0)
+    big = captured_grads(TrainConfig(batch_size=8, grad_accum_steps=1, **common), data)
+    small = captured_grads(TrainConfig(batch_size=2, grad_accum_steps=4, **common), data)
+    assert big.keys() == small.keys()
+    for name in big:
+        torch.testing.assert_close(small[name], big[name], rtol=1e-4, atol=1e-6, msg=name)
+    # And the test can fail: one micro-batch alone is a different gradient.
+    alone = captured_grads(TrainConfig(batch_size=2, grad_accum_steps=1, **common), data)
+    assert not torch.allclose(alone["embed_tokens.weight"], big["embed_tokens.weight"], atol=1e-6)
+
+
+def test_overfits_one_small_batch():
+    data = toy_data(4 * 16 + 1, seed=1)  # exactly 4 windows of 16: every step sees the same batch
+    cfg = TrainConfig(model="tiny", batch_size=4, seq_len=16, max_steps=120, warmup_steps=5, lr=1e-2, min_lr=1e-3,
+                      weight_decay=0.0, out_dir=None, progress=False, log_every=1, measure_mfu=False)
+    result = train(cfg, train_data=data)
+    assert result.losses[0] > 7.0  # about ln(6400) = 8.76 at the start
+    assert result.losses[-1] < 0.1 and max(result.losses[-10:]) < 0.2
+
+
+def test_kill_and_resume_is_bit_identical(tmp_path, corpus):
+    whole = tmp_path / "whole"
+    proc = run_child(tmp_path, base_cfg(corpus, whole))
+    assert proc.wait(timeout=120) == 0, proc.stderr.read()
+
+    killed = tmp_path / "killed"
+    cfg = base_cfg(corpus, killed)
+    proc = run_child(tmp_path, cfg, slow=0.3)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # SIGKILL, from outside, once step 7 is logged (checkpoint 6 exists)
+        if (killed / "metrics.jsonl").exists() and any(r["step"] >= 7 for r in read_metrics(killed)):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+    at = int(latest_checkpoint(killed).name.split("_")[1])
+    assert 6 <= at < 12
+
+    proc = run_child(tmp_path, cfg, "--resume")
+    assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    a, b = read_metrics(whole), read_metrics(killed)
+    assert [r["step"] for r in b] == list(range(1, 13))
+    for key in ("loss", "grad_norm", "lr"):
+        assert [r[key] for r in b] == [r[key] for r in a], key  # exact equality: bitwise
+    assert [r.get("val_loss") for r in b] == [r.get("val_loss") for r in a]
+    wa, wb = load_model(whole).state_dict(), load_model(killed).state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+KILL_IN_WRITE = r"""
+import os, signal, sys, json, torch
+import minimind_edu.checkpoint as C
+import minimind_edu.train as T
+calls = []
+def dying_write(state, path):
+    calls.append(path)
+    if len(calls) == 2:  # the second checkpoint: write half a file, then die
+        with open(path, "wb") as f:
+            f.write(b"PK\x03\x04half")
+            f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    torch.save(state, path)
+C._write_state = dying_write
+T.train(T.TrainConfig.from_dict(json.loads(sys.argv[1])))
+"""
+
+
+def test_kill_during_checkpoint_write_keeps_previous(tmp_path, corpus):
+    out = tmp_path / "run"
+    cfg = base_cfg(corpus, out, max_steps=6, eval_every=0)
+    script = tmp_path / "die.py"
+    script.write_text(KILL_IN_WRITE)
+    proc = subprocess.run([sys.executable, str(script), json.dumps(cfg.to_dict())], env=child_env(tmp_path),
+                          capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    assert list((out / "checkpoints").glob(".tmp-step_00000006-*"))  # it really died mid-write
+    assert [p.name for p in list_checkpoints(out)] == ["step_00000003"]
+    state = torch.load(out / "checkpoints" / "step_00000003" / "state.pt", weights_only=True)
+    assert state["step"] == 3
+    load_model(out)
+    result = train(cfg, resume=True)  # continues from step 3 and cleans the half-written folder
+    assert result.step == 6 and [r["step"] for r in result.history] == list(range(1, 7))
+    assert not list((out / "checkpoints").glob(".tmp-*"))
+
+
+DDP_CHILD = r"""
+import json, sys, torch
+torch.set_num_threads(1)
+from minimind_edu.train import TrainConfig, train
+train(TrainConfig.from_dict(json.loads(sys.argv[1])))
+"""
+
+
+def test_two_process_ddp_equals_single_process(tmp_path, corpus):
+    single = tmp_path / "single"
+    common = dict(max_steps=5, grad_accum_steps=2, precision="fp32", eval_every=5, save_every=0)
+    proc = run_child(tmp_path, base_cfg(corpus, single, batch_size=4, **common))
+    ddp = tmp_path / "ddp"
+    script = tmp_path / "ddp_child.py"
+    script.write_text(DDP_CHILD)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+           json.dumps(base_cfg(corpus, ddp, batch_size=2, **common).to_dict())]
+    out = subprocess.run(cmd, env=child_env(tmp_path), capture_output=True, text=True, timeout=150)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    a, b = read_metrics(single), read_metrics(ddp)  # rank 0 alone wrote the file
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4, 5]
+    assert b[0]["tokens"] == a[0]["tokens"] == 2 * 4 * 32
+    np.testing.assert_allclose([r["loss"] for r in b], [r["loss"] for r in a], rtol=1e-5)
+    np.testing.assert_allclose(b[-1]["val_loss"], a[-1]["val_loss"], rtol=1e-5)
+    wa, wb = load_model(single).state_dict(), load_model(ddp).state_dict()
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-5)
+
+
+class Payload:
+    """Unpickling this runs a shell command: what a malicious checkpoint would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_loading_never_runs_pickled_code(tmp_path, corpus):
+    out = tmp_path / "run"
+    cfg = base_cfg(corpus, out, max_steps=2, eval_every=0, save_every=1)
+    train(cfg)
+    ckpt = latest_checkpoint(out)
+    marker = tmp_path / "pwned"
+    torch.save({"step": Payload(marker)}, ckpt / "state.pt")
+    with pytest.raises(pickle.UnpicklingError):
+        Trainer(cfg, resume=True)
+    (ckpt / "model.safetensors").write_bytes(pickle.dumps(Payload(marker)))
+    with pytest.raises(Exception):
+        load_model(ckpt)
+    assert not marker.exists()
+
+
+def test_checkpoint_contents_and_generation_ready(tmp_path, corpus):
+    out = tmp_path / "run"
+    result = train(base_cfg(corpus, out, max_steps=4, save_every=2, keep_last=1))
+    assert [p.name for p in list_checkpoints(out)] == ["step_00000004"]  # keep_last=1 pruned step 2
+    files = sorted(p.name for p in result.checkpoint.iterdir())
+    assert files == ["config.json", "model.safetensors", "state.pt", "tokenizer.json", "tokenizer_config.json"]
+    model, tok = load_trained(out)
+    assert not model.training and tok.get_vocab_size() == 6400
+    for k, v in result.model.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v)
+    records = read_metrics(out)
+    assert set(records[-1]) >= {"step", "tokens", "loss", "val_loss", "lr", "grad_norm", "tokens_per_s", "mfu",
+                                "peak_mem"}
+    assert records[-1]["tokens"] == 4 * 4 * 32
+
+
+def test_callback_can_stop_and_time_budget_fits_steps(tmp_path, corpus):
+    seen = []
+    result = train(base_cfg(corpus, None, max_steps=50), callbacks=[seen.append, lambda r: r["step"] == 3])
+    assert result.stopped_early and result.step == 3 and [r["step"] for r in seen] == [1, 2, 3]
+    budget = train(base_cfg(corpus, None, time_budget_min=0.04, max_steps=10_000, eval_every=0, probe_steps=2))
+    assert budget.max_steps < 10_000 and budget.step == budget.max_steps  # the cosine ended where time did
+    assert budget.history[-1]["lr"] == pytest.approx(lr_at(budget.max_steps - 1, 3e-3, 3e-4, 3, budget.max_steps))
+
+
+def test_vocab_mismatch_and_resume_mismatch(tmp_path, corpus):
+    from minimind_edu.corpus import CorpusError
+
+    with pytest.raises(CorpusError, match="vocab_size=300"):
+        Trainer(base_cfg(corpus, None, model=get_preset("tiny", vocab_size=300)))
+    out = tmp_path / "run"
+    train(base_cfg(corpus, out, max_steps=1))
+    with pytest.raises(ValueError, match="seq_len"):
+        Trainer(base_cfg(corpus, out, seq_len=16), resume=True)
