@@ -1,0 +1,132 @@
+"""`minimind-edu pretrain / generate / export` end to end on the tiny preset: train, resume, sample, export,
+and reload the export in transformers with the same logits."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from minimind_edu.cli import main
+from minimind_edu.corpus import default_corpus_files
+from minimind_edu.pretrain import read_metrics, resolve_checkpoint
+from minimind_edu.train import load_model
+
+TINY = ["--preset", "tiny", "--batch", "4", "--seq", "32", "--device", "cpu", "--no-progress", "--log-every", "1"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A small bilingual training file (first stories and poems of the shipped corpus): tokenizes in a blink."""
+    en, zh = default_corpus_files("train")
+    text = en.read_text(encoding="utf-8")[:20_000] + "<|endoftext|>" + zh.read_text(encoding="utf-8")[:8_000]
+    path = tmp_path_factory.mktemp("corpus") / "small.txt"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, corpus):
+    out = tmp_path_factory.mktemp("run") / "tiny"
+    code = main(["pretrain", *TINY, "--data", str(corpus), "--steps", "8", "--save-every", "4", "--eval-every", "4",
+                 "--samples", "0", "--out", str(out)])
+    assert code == 0
+    return out
+
+
+def test_pretrain_writes_checkpoints_metrics_and_summary(run_dir):
+    assert (run_dir / "checkpoints" / "step_00000008" / "model.safetensors").exists()
+    assert (run_dir / "checkpoints" / "step_00000008" / "tokenizer.json").exists()
+    records = read_metrics(run_dir)
+    assert [r["step"] for r in records] == list(range(1, 9))
+    assert {"step", "tokens", "loss", "lr", "tokens_per_s"} <= set(records[0])
+    assert records[-1]["tokens"] == 8 * 4 * 32
+    assert [r["step"] for r in records if "val_loss" in r] == [4, 8]
+    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    assert summary["step"] == 8 and summary["val_loss"] == records[-1]["val_loss"]
+    assert set(summary["by_language"]) == {"en", "zh"}
+    assert all(r["bits_per_byte"] > 0 for r in summary["by_language"].values())
+    assert (run_dir / "loss_curve.png").stat().st_size > 1000
+
+
+def test_resume_after_a_lost_checkpoint_repeats_the_same_steps(run_dir, corpus, tmp_path):
+    # As if the run had been killed after step 4's checkpoint: resuming redoes steps 5-8 exactly (CPU, bitwise).
+    import shutil
+
+    copy = tmp_path / "killed"
+    shutil.copytree(run_dir, copy)
+    shutil.rmtree(copy / "checkpoints" / "step_00000008")
+    code = main(["pretrain", *TINY, "--data", str(corpus), "--steps", "8", "--save-every", "4", "--eval-every", "4",
+                 "--samples", "0", "--out", str(copy), "--resume"])
+    assert code == 0
+    strip = lambda records: [{k: v for k, v in r.items() if k not in ("tokens_per_s", "mfu", "peak_mem", "elapsed_s")}
+                             for r in records]
+    assert strip(read_metrics(copy)) == strip(read_metrics(run_dir))
+
+
+def test_resume_with_more_steps_extends_the_run(run_dir, corpus, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "extended"
+    shutil.copytree(run_dir, copy)
+    before = read_metrics(copy)
+    code = main(["pretrain", *TINY, "--data", str(corpus), "--steps", "12", "--save-every", "4", "--eval-every", "4",
+                 "--samples", "12", "--out", str(copy), "--resume"])
+    assert code == 0
+    records = read_metrics(copy)
+    assert records[:8] == before
+    assert [r["step"] for r in records] == list(range(1, 13))
+    assert resolve_checkpoint(copy).name == "step_00000012"
+    printed = capsys.readouterr().out
+    assert "training until step 12 (was 8)" in printed
+    assert "[en] Once upon a time" in printed and "[zh] 《春夜》" in printed  # samples were streamed
+    assert "validation loss reached after 12 steps" in printed
+
+
+def test_generate_streams_a_continuation(run_dir, capsys):
+    assert main(["generate", str(run_dir), "--prompt", "Once upon a time", "--max-new-tokens", "8", "--seed", "1"]) == 0
+    first = capsys.readouterr().out
+    assert first.startswith("[prompt] Once upon a time") and len(first.strip()) > len("[prompt] Once upon a time")
+    main(["generate", str(run_dir), "--prompt", "Once upon a time", "--max-new-tokens", "8", "--seed", "1"])
+    assert capsys.readouterr().out == first  # a seed makes sampling repeatable
+    assert main(["generate", str(run_dir), "--chat", "--prompt", "hello", "--max-new-tokens", "4", "--seed", "0"]) == 0
+    assert capsys.readouterr().out.startswith("user: hello\nassistant: ")
+
+
+def test_export_loads_in_transformers_with_the_same_logits(run_dir, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    hf_dir = tmp_path / "hf"
+    assert main(["export", str(run_dir), str(hf_dir)]) == 0
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(hf_dir)
+    ours = load_model(run_dir)
+    text = "Once upon a time, a cat sat. 床前明月光"
+    from minimind_edu.tokenizer import load_tokenizer
+
+    ids = [1] + load_tokenizer(resolve_checkpoint(run_dir)).encode(text).ids
+    assert hf_tok(text, add_special_tokens=False)["input_ids"] == ids[1:]  # the same tokenizer
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        torch.testing.assert_close(hf_model(x).logits, ours(x).logits, atol=1e-4, rtol=1e-4)
+    # and generate reads the exported folder too
+    assert main(["generate", str(hf_dir), "--prompt", "Once", "--max-new-tokens", "3", "--seed", "0"]) == 0
+
+
+def test_minimind_jsonl_data_works_unchanged(tmp_path):
+    # MiniMind's own pretraining format: one {"text": ...} per line (its sample file ships in data/minimind)
+    from minimind_edu.corpus import data_dir
+
+    sample = data_dir() / "minimind" / "pretrain_data_example.jsonl"
+    out = tmp_path / "jsonl"
+    assert main(["pretrain", *TINY, "--data", str(sample), "--steps", "2", "--samples", "0", "--out", str(out)]) == 0
+    assert [r["step"] for r in read_metrics(out)] == [1, 2]
+
+
+def test_bad_arguments_give_one_line_errors(tmp_path, capsys):
+    missing = tmp_path / "nope.jsonl"
+    assert main(["pretrain", *TINY, "--data", str(missing), "--steps", "1", "--out", str(tmp_path / "x")]) == 2
+    assert str(missing) in capsys.readouterr().err
+    assert main(["generate", str(tmp_path / "no-run")]) == 2
+    assert "no-run" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: --steps and --minutes are alternatives
+        main(["pretrain", "--steps", "3", "--minutes", "1"])

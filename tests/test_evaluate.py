@@ -1,0 +1,97 @@
+"""Validation loss and bits per byte by language, and the small pretraining helpers, on worked examples."""
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from minimind_edu.corpus import CorpusError
+from minimind_edu.data import TokenData
+from minimind_edu.evaluate import evaluate_by_language, evaluate_documents, format_results
+from minimind_edu.model import MiniMind, get_preset
+from minimind_edu.pretrain import choose_setup, plot_metrics, print_samples, steps_for_epochs
+from minimind_edu.tokenizer import get_default_tokenizer
+
+DOCS = ["Once upon a time there was a cat.", "The dog ran home.", "床前明月光，疑是地上霜。"]
+
+
+def uniform_model() -> MiniMind:
+    # A zero embedding (tied to the LM head) gives all-zero logits: every token has probability 1/6400.
+    model = MiniMind(get_preset("tiny"))
+    with torch.no_grad():
+        model.embed_tokens.weight.zero_()
+    return model
+
+
+@pytest.mark.parametrize("seq_len, batch_size", [(256, 8), (7, 3), (1, 1)])
+def test_uniform_model_worked_example(seq_len, batch_size):
+    tok = get_default_tokenizer()
+    result = evaluate_documents(uniform_model(), tok, DOCS, seq_len=seq_len, batch_size=batch_size)
+    # every document contributes its tokens plus its EOS; the BOS after an EOS is not scored
+    expected_tokens = sum(len(tok.encode(d, add_special_tokens=False).ids) + 1 for d in DOCS)
+    expected_bytes = sum(len(d.encode("utf-8")) for d in DOCS)
+    assert result.tokens == expected_tokens and result.bytes == expected_bytes and result.documents == 3
+    assert result.loss == pytest.approx(math.log(6400), rel=1e-6)
+    assert result.bits_per_byte == pytest.approx(expected_tokens * math.log2(6400) / expected_bytes, rel=1e-6)
+
+
+def test_every_window_size_scores_each_token_once():
+    # the loss changes with the window (context) but every token is scored exactly once at any window size
+    torch.manual_seed(0)
+    model = MiniMind(get_preset("tiny")).eval()
+    tok = get_default_tokenizer()
+    a, b = (evaluate_documents(model, tok, DOCS, seq_len=s, batch_size=2) for s in (5, 64))
+    assert a.tokens == b.tokens
+
+
+def test_max_tokens_takes_whole_documents_in_order():
+    tok = get_default_tokenizer()
+    result = evaluate_documents(uniform_model(), tok, DOCS, max_tokens=5)
+    assert result.documents == 1 and result.bytes == len(DOCS[0])
+
+
+def test_by_language_and_table():
+    tok = get_default_tokenizer()
+    results = evaluate_by_language(uniform_model(), tok, {"en": DOCS[:2], "zh": DOCS[2:]})
+    assert set(results) == {"en", "zh"}
+    table = format_results(results)
+    assert table.splitlines()[0].split() == ["language", "val", "loss", "bits/byte", "tokens", "bytes"]
+    assert f"{results['zh'].bits_per_byte:.3f}" in table
+
+
+def test_empty_documents_are_an_error():
+    with pytest.raises(CorpusError, match="no non-blank document"):
+        evaluate_documents(uniform_model(), get_default_tokenizer(), ["", "  "])
+
+
+def test_steps_for_epochs_worked_example():
+    data = TokenData(np.arange(1001, dtype=np.uint16), np.array([0, 1001]))
+    # 1001 tokens -> 1000 predictions -> 15 windows of 64; 2 epochs at 4 windows per step -> ceil(30 / 4) = 8
+    assert steps_for_epochs(data, 2.0, batch_size=4, seq_len=64) == 8
+    assert steps_for_epochs(data, 2.0, batch_size=2, seq_len=64, grad_accum_steps=2) == 8
+    with pytest.raises(ValueError, match="epochs"):
+        steps_for_epochs(data, 0, 4, 64)
+
+
+def test_choose_setup():
+    assert choose_setup("cpu").preset == "course-cpu"
+    gpu = choose_setup("cuda")
+    assert (gpu.preset, gpu.seq_len) == ("minimind2-small", 512)
+
+
+def test_print_samples_streams_every_prompt():
+    out = io.StringIO()
+    samples = print_samples(uniform_model(), get_default_tokenizer(), {"en": ["Once"], "zh": ["《春》"]},
+                            max_new_tokens=3, seed=0, out=out)
+    assert list(samples) == ["Once", "《春》"]
+    assert out.getvalue().startswith("[en] Once") and "[zh] 《春》" in out.getvalue()
+
+
+def test_plot_metrics(tmp_path):
+    records = [{"step": 1, "tokens": 1000, "loss": 8.0}, {"step": 2, "tokens": 2000, "loss": 7.0, "val_loss": 7.5}]
+    ax = plot_metrics(records, tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").exists()
+    assert [line.get_label() for line in ax.get_lines()] == ["train loss", "validation loss"]

@@ -1,0 +1,46 @@
+"""The speed benchmarks run and write well-formed results (tiny sizes; no speed is asserted: timings are not tests)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(script: str, *args: str) -> str:
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_cpu_benchmark_reports_ratios_from_one_run(tmp_path):
+    out = tmp_path / "speed.json"
+    printed = run("train_speed.py", "--preset", "tiny", "--batch", "2", "--seq", "16", "--rounds", "2",
+                  "--threads", "1", "--out", str(out))
+    result = json.loads(out.read_text())
+    assert result["preset"] == "tiny" and result["threads"] == 1 and len(result["rounds"]) == 2
+    # 6 N + 12 L T H d for tiny at T=16: 6 * 507,904 + 12 * 2 * 16 * 64
+    assert result["flops_per_token"]["total"] == 3_047_424 + 24_576
+    for row in result["rounds"]:
+        assert row["matmul_peak_flops"] > 0
+        assert row["trainer_mfu"] == pytest.approx(row["trainer_tokens_per_s"] * 3_072_000 / row["matmul_peak_flops"])
+        assert row["trainer_vs_reference"] == pytest.approx(row["trainer_tokens_per_s"] / row["reference_tokens_per_s"])
+    assert result["summary"]["trainer_mfu"]["min"] <= result["summary"]["trainer_mfu"]["median"]
+    assert "trainer / reference speed" in printed
+
+
+def test_gpu_benchmark_dry_run_on_cpu(tmp_path):
+    out = tmp_path / "gpu.json"
+    printed = run("train_speed_gpu.py", "--dry-run", "--no-compile", "--out", str(out))
+    result = json.loads(out.read_text())
+    assert result["dry_run"] and result["preset"] == "tiny" and result["batch"] == 2
+    (eager,) = result["variants"]
+    assert eager["compile"] is False and eager["tokens_per_s"] > 0 and eager["mfu"] > 0
+    assert eager["peak_memory_bytes"] is None  # only measured on a GPU
+    assert result["estimated_peak_memory_bytes"] > 0
+    assert "eager" in printed
