@@ -19,6 +19,10 @@ import json
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 # GPT-2's pre-tokenizer: contractions, optional space + letters, optional space + digits, optional space +
 # other symbols, whitespace not followed by a non-space (so the last space sticks to the next word), whitespace.
@@ -158,7 +162,7 @@ def bytes_to_unicode() -> dict[int, str]:
     return mapping
 
 
-def from_tokenizers(tokenizer) -> BPE:
+def from_tokenizers(tokenizer: Tokenizer) -> BPE:
     """A :class:`BPE` with the vocabulary and merges of a byte-level ``tokenizers.Tokenizer``.
 
     ``tokenizer.json`` writes each token in GPT-2's byte-to-unicode alphabet; this turns them back into bytes.

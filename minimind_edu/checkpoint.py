@@ -17,9 +17,11 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
 
 from .model import MiniMind, ModelConfig
 from .tokenizer import load_tokenizer
+
 
 def clean_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Parameter names as the bare model has them: no ``_orig_mod.`` (torch.compile), no ``module.`` (DDP)."""
@@ -49,6 +51,7 @@ def list_checkpoints(out_dir: str | os.PathLike) -> list[Path]:
 
 
 def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint of a run, or None when it has none."""
     ckpts = list_checkpoints(out_dir)
     return ckpts[-1] if ckpts else None
 
@@ -60,6 +63,7 @@ def _fsync_dir_files(folder: Path) -> None:
 
 
 def _write_state(state: dict, path: Path) -> None:
+    # A function of its own so that tests/test_train.py can make it die mid-checkpoint.
     torch.save(state, path)
 
 
@@ -74,7 +78,8 @@ def save_checkpoint_dir(out_dir: Path, step: int, model: MiniMind, state: dict, 
     tmp.mkdir()
     weights = clean_state_dict(model.state_dict())
     if model.config.tie_word_embeddings:
-        weights.pop("lm_head.weight", None)  # the same tensor as embed_tokens.weight; safetensors stores it once
+        # the same tensor as embed_tokens.weight: safetensors refuses shared storage, and loading re-ties it
+        weights.pop("lm_head.weight", None)
     save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp / "model.safetensors"))
     (tmp / "config.json").write_text(json.dumps(configs, indent=1, ensure_ascii=False))
     if tokenizer_dir is not None:
@@ -119,7 +124,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> M
     return model.to(device).eval()
 
 
-def load_trained(path: str | os.PathLike, device: str | torch.device = "cpu"):
+def load_trained(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[MiniMind, Tokenizer]:
     """``(model, tokenizer)`` from a checkpoint: ready for :func:`minimind_edu.generate.stream_text`."""
     ckpt = _resolve_checkpoint(path)
     return load_model(ckpt, device), load_tokenizer(ckpt)

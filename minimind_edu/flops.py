@@ -173,14 +173,15 @@ def time_matmul_flops(dtype: torch.dtype | str = torch.bfloat16, size: int = 204
 
 @lru_cache(maxsize=None)
 def _measure_cached(dtype_key: str, size: int, repeats: int, threads: int) -> float:
+    # ``threads`` is only part of the cache key: the rate changes with torch.set_num_threads.
     return time_matmul_flops(dtype_key, size, repeats)
 
 
 def measure_cpu_matmul_flops(dtype: torch.dtype | str = torch.bfloat16, size: int = 2048, repeats: int = 5) -> float:
     """FLOP/s of one large square matmul on this CPU at the current thread count (measured once, then cached).
 
-    2048 x 2048 is big enough that packing overheads vanish (one matmul is 17 GFLOP: about 20 ms in bf16 and
-    160 ms in fp32 on this course's 2-core reference machine) and small enough to finish in about a second.
+    2048 x 2048 is big enough that packing overheads vanish (one matmul is 17 GFLOP) and small enough that
+    the warm-up and ``repeats`` runs take about a second or two on a laptop CPU.
     """
     return _measure_cached(_dtype_key(dtype), size, repeats, torch.get_num_threads())
 

@@ -5,8 +5,10 @@ from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
+from tokenizers import Tokenizer
 
 from .model import MiniMind
+from .tokenizer import BOS_ID, EOS_ID
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
@@ -89,14 +91,15 @@ def generate(model: MiniMind, prompt_ids: Sequence[int] | torch.Tensor, max_new_
     return list(stream_generate(model, prompt_ids, max_new_tokens, **kwargs))
 
 
-def stream_text(model: MiniMind, tokenizer, prompt: str, max_new_tokens: int = 64, **kwargs) -> Iterator[str]:
-    """Yield pieces of decoded text as tokens arrive (a ``tokenizers.Tokenizer``).
+def stream_text_from_ids(
+    model: MiniMind, tokenizer: Tokenizer, prompt_ids: Sequence[int], max_new_tokens: int = 64, **kwargs
+) -> Iterator[str]:
+    """Yield pieces of decoded text as new tokens arrive after ``prompt_ids``; stops at EOS unless told otherwise.
 
     A Chinese character is often 2 or 3 byte-level tokens; text is only yielded once its bytes are complete,
     so a half character (shown as U+FFFD) is never printed.
     """
-    prompt_ids = [1] + tokenizer.encode(prompt).ids  # <|im_start|> as bos, as in MiniMind's pretraining
-    kwargs.setdefault("eos_token_id", 2)
+    kwargs.setdefault("eos_token_id", EOS_ID)
     new_ids: list[int] = []
     shown = ""
     for token in stream_generate(model, prompt_ids, max_new_tokens, **kwargs):
@@ -105,3 +108,12 @@ def stream_text(model: MiniMind, tokenizer, prompt: str, max_new_tokens: int = 6
         if not text.endswith("\ufffd") and len(text) > len(shown):
             yield text[len(shown):]
             shown = text
+
+
+def stream_text(model: MiniMind, tokenizer: Tokenizer, prompt: str, max_new_tokens: int = 64, **kwargs) -> Iterator[str]:
+    """Yield pieces of decoded text continuing ``prompt`` (see :func:`stream_text_from_ids`).
+
+    The prompt starts with ``<|im_start|>`` as the beginning-of-text marker, as every document did in pretraining.
+    """
+    prompt_ids = [BOS_ID] + tokenizer.encode(prompt).ids
+    yield from stream_text_from_ids(model, tokenizer, prompt_ids, max_new_tokens, **kwargs)

@@ -208,9 +208,7 @@ def load_hf(directory: str | os.PathLike, **overrides) -> MiniMind:
             if not cfg.tie_word_embeddings:
                 state[name] = tensor
         else:
-            state[name] = tensor  # unknown: reported by load_state_dict below
-    if cfg.tie_word_embeddings:
-        state.pop("lm_head.weight", None)
+            state[name] = tensor  # unknown: reported as unexpected below
     dtypes = {t.dtype for t in state.values()}
     model = MiniMind(cfg)
     expected = set(model.state_dict()) - ({"lm_head.weight"} if cfg.tie_word_embeddings else set())

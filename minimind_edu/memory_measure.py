@@ -139,7 +139,8 @@ def _build(cfg: ModelConfig, attention: str | None, checkpointing: bool, optimiz
 
 
 def _train_step(model, opt, scaler, ids, targets, precision, device, grad_accum_steps, on_phase):
-    """Exactly the course's training step: forward under autocast, backward, optimizer step, zero grads."""
+    """The course's training step (``train.Trainer.train_step``): forward under autocast, backward, optimizer
+    step, zero grads. Gradient clipping is left out: its temporaries are one scalar per tensor."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
     for _ in range(grad_accum_steps):
         on_phase("forward")
@@ -226,13 +227,15 @@ def _measure_cuda(cfg, batch_size, seq_len, precision, optimizer, attention, che
         _train_step(model, opt, scaler, ids, targets, precision, "cuda", grad_accum_steps, lambda _: None)
         torch.cuda.synchronize()
         phase_peaks: dict[str, int] = {}
-        current = {"phase": None}
+        current = {"phase": None, "reserved": 0}
 
-        def on_phase(name):  # close the previous phase's peak, open the next
+        def on_phase(name):  # close the previous phase's peaks, open the next
             torch.cuda.synchronize()
             if current["phase"] is not None:
                 prev = current["phase"]
                 phase_peaks[prev] = max(phase_peaks.get(prev, 0), torch.cuda.max_memory_allocated())
+            # read before the reset below, which would bring the reserved peak down to what is reserved now
+            current["reserved"] = max(current["reserved"], torch.cuda.max_memory_reserved())
             torch.cuda.reset_peak_memory_stats()
             current["phase"] = name
 
@@ -240,9 +243,9 @@ def _measure_cuda(cfg, batch_size, seq_len, precision, optimizer, attention, che
         _train_step(model, opt, scaler, ids, targets, precision, "cuda", grad_accum_steps, on_phase)
         on_phase(None)
         free, total = torch.cuda.mem_get_info()
-        reserved = torch.cuda.max_memory_reserved()
         return Measurement(device="cuda", fits=True, peak_bytes=max(phase_peaks.values()), phase_peaks=phase_peaks,
-                           reserved_bytes=reserved, driver_bytes=total - free, seconds=time.perf_counter() - start)
+                           reserved_bytes=current["reserved"], driver_bytes=total - free,
+                           seconds=time.perf_counter() - start)
     except torch.cuda.OutOfMemoryError as err:
         return Measurement(device="cuda", fits=False, error=f"does not fit: {str(err).splitlines()[0]}",
                            seconds=time.perf_counter() - start)

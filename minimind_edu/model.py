@@ -137,7 +137,11 @@ PRESETS: dict[str, ModelConfig] = {
 
 
 def get_preset(name: str, **overrides) -> ModelConfig:
-    """A fresh copy of a named preset, optionally with fields changed (e.g. ``num_layers=12``)."""
+    """A fresh copy of a named preset, optionally with fields changed (e.g. ``num_layers=12``).
+
+    The preset's ``intermediate_size`` is kept when ``hidden_size`` changes; pass ``intermediate_size=None``
+    as well to recompute it with MiniMind2's 8/3 rule.
+    """
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
     return replace(PRESETS[name], **overrides)
@@ -171,6 +175,7 @@ def rope_cos_sin(head_dim: int, max_positions: int, theta: float) -> tuple[torch
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """(x1, x2) -> (-x2, x1) on the two halves of the last dimension: RoPE's 90-degree turn of each pair."""
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat([-x2, x1], dim=-1)
 
@@ -322,7 +327,13 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MoEFeedForward(cfg) if cfg.num_experts else FeedForward(cfg)
 
-    def forward(self, x, cos, sin, past_kv=None):
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        past_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         attn_out, present = self.self_attn(self.input_layernorm(x), cos, sin, past_kv)
         x = x + attn_out
         x = x + self.mlp(self.post_attention_layernorm(x))

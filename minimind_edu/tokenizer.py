@@ -149,7 +149,7 @@ def default_tokenizer_dir() -> Path:
 
 
 def get_default_tokenizer() -> Tokenizer:
-    """The course tokenizer, trained on the shipped bilingual corpus the first time (about 2 s) and then reused.
+    """The course tokenizer, trained on the shipped bilingual corpus the first time (a few seconds) and then reused.
 
     The folder is written to a temporary name and renamed, so a parallel or interrupted run never leaves a
     half-written tokenizer behind.

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from .memory import GPU_PRESETS, GiB, MemoryEstimate, estimate, get_gpu, largest_batch, measure
 from .model import ModelConfig, get_preset
+
+if TYPE_CHECKING:  # for annotations only: matplotlib is imported inside the functions that draw
+    from matplotlib.figure import Figure
 
 BATCHES = [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256]
 SEQ_LENS = [32, 64, 128, 256, 512, 768, 1024, 1536, 2048, 3072, 4096]
@@ -86,8 +90,8 @@ def fit_text(state: ExplorerState) -> str:
 AXES = (("batch", "batch size"), ("seq_len", "sequence length (tokens)"), ("layers", "layers"))
 
 
-def draw(state: ExplorerState, fig=None, measured: list[tuple[ExplorerState, float]] | None = None,
-         legends: bool = True):
+def draw(state: ExplorerState, fig: Figure | None = None, measured: list[tuple[ExplorerState, float]] | None = None,
+         legends: bool = True) -> tuple[Figure, dict]:
     """Paint the four panels for ``state`` onto ``fig`` (a new figure if None); returns (fig, plot_data).
 
     ``legends=False`` leaves matplotlib legends out (they are a large share of the render time); the
@@ -128,7 +132,7 @@ def draw(state: ExplorerState, fig=None, measured: list[tuple[ExplorerState, flo
     return fig, data
 
 
-def update(fig, state: ExplorerState, measured: list[tuple[ExplorerState, float]] | None = None) -> dict:
+def update(fig: Figure, state: ExplorerState, measured: list[tuple[ExplorerState, float]] | None = None) -> dict:
     """Put ``state``'s curves, marks and breakdown into a figure made by :func:`draw`; returns the plot data."""
     from matplotlib.ticker import MaxNLocator
 
@@ -170,7 +174,7 @@ def update(fig, state: ExplorerState, measured: list[tuple[ExplorerState, float]
     return {**data, "breakdown": parts, "capacity": cap}
 
 
-def render_png(fig) -> bytes:
+def render_png(fig: Figure) -> bytes:
     """The figure as PNG bytes: one Agg draw and a fast PNG encoding (savefig would draw twice)."""
     from PIL import Image
 

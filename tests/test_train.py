@@ -322,9 +322,11 @@ def test_checkpoint_contents_and_generation_ready(tmp_path, corpus):
 
 
 def test_callback_can_stop_and_time_budget_fits_steps(tmp_path, corpus):
-    seen = []
-    result = train(base_cfg(corpus, None, max_steps=50), callbacks=[seen.append, lambda r: r["step"] == 3])
+    seen, after = [], []
+    stop_at_3 = lambda r: r["step"] == 3  # noqa: E731
+    result = train(base_cfg(corpus, None, max_steps=50), callbacks=[seen.append, stop_at_3, after.append])
     assert result.stopped_early and result.step == 3 and [r["step"] for r in seen] == [1, 2, 3]
+    assert [r["step"] for r in after] == [1, 2, 3]  # a callback after the stopping one still sees the last record
     budget = train(base_cfg(corpus, None, time_budget_min=0.04, max_steps=10_000, eval_every=0, probe_steps=2))
     assert budget.max_steps < 10_000 and budget.step == budget.max_steps  # the cosine ended where time did
     assert budget.history[-1]["lr"] == pytest.approx(lr_at(budget.max_steps - 1, 3e-3, 3e-4, 3, budget.max_steps))

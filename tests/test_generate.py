@@ -1,0 +1,43 @@
+"""Streaming text: pieces are only yielded once a character's bytes are complete, BOS goes first, EOS stops."""
+from __future__ import annotations
+
+import torch
+
+from minimind_edu.generate import stream_text, stream_text_from_ids
+from minimind_edu.model import ModelOutput, get_preset
+from minimind_edu.tokenizer import BOS_ID, EOS_ID, get_default_tokenizer
+
+
+class Scripted(torch.nn.Module):
+    """A stand-in model whose greedy choice is ``script[i]`` at its i-th call, whatever the input."""
+
+    def __init__(self, script: list[int]):
+        super().__init__()
+        self.config = get_preset("tiny")
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # stream_generate reads the device from a parameter
+        self.script, self.inputs = script, []
+
+    def forward(self, input_ids, past_key_values=None, use_cache=False):
+        self.inputs.append(input_ids[0].tolist())
+        logits = torch.zeros(1, input_ids.shape[1], self.config.vocab_size)
+        logits[0, -1, self.script[len(self.inputs) - 1]] = 1.0
+        return ModelOutput(logits, None, None, [] if use_cache else None)
+
+
+def test_half_characters_are_held_back_and_eos_stops():
+    tok = get_default_tokenizer()
+    ids = tok.encode("Hi 龘!").ids
+    assert len(tok.encode("龘").ids) == 2  # the character is two byte-level tokens: the case under test
+    model = Scripted(ids + [EOS_ID, 5, 6])
+    pieces = list(stream_text_from_ids(model, tok, [BOS_ID], max_new_tokens=20, temperature=0))
+    assert "".join(pieces) == "Hi 龘!"
+    assert not any("\ufffd" in p for p in pieces)
+    assert "龘" in pieces[-2] or "龘" in pieces[-1]  # yielded whole, after its second token arrived
+    assert len(model.inputs) == len(ids) + 1  # stopped at EOS: the tokens scripted after it never came
+
+
+def test_stream_text_starts_the_prompt_with_bos():
+    tok = get_default_tokenizer()
+    model = Scripted([EOS_ID])
+    assert list(stream_text(model, tok, "Once upon a time", temperature=0)) == []
+    assert model.inputs[0] == [BOS_ID] + tok.encode("Once upon a time").ids
