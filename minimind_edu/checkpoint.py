@@ -97,13 +97,17 @@ def save_checkpoint_dir(out_dir: Path, step: int, model: MiniMind, state: dict, 
     return final
 
 
-def _resolve_checkpoint(path: str | os.PathLike) -> Path:
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """``path`` itself if it holds ``model.safetensors``, else the newest checkpoint of the run in ``path``."""
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such folder; give a run's --out folder or one of its checkpoints")
     if (path / "model.safetensors").exists():
         return path
     latest = latest_checkpoint(path)
     if latest is None:
-        raise FileNotFoundError(f"{path}: no checkpoint here (expected model.safetensors, or checkpoints/step_*/)")
+        raise FileNotFoundError(f"{path}: no checkpoint here (expected model.safetensors or checkpoints/step_*/); "
+                                "train first with `minimind-edu pretrain --out <folder>`")
     return latest
 
 
@@ -112,7 +116,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> M
 
     Only ``config.json`` and ``model.safetensors`` are read: no pickle, so no code from the file runs.
     """
-    ckpt = _resolve_checkpoint(path)
+    ckpt = resolve_checkpoint(path)
     configs = json.loads((ckpt / "config.json").read_text())
     model = MiniMind(ModelConfig.from_dict(configs["model"]))
     weights = load_file(str(ckpt / "model.safetensors"))
@@ -126,5 +130,5 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> M
 
 def load_trained(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[MiniMind, Tokenizer]:
     """``(model, tokenizer)`` from a checkpoint: ready for :func:`minimind_edu.generate.stream_text`."""
-    ckpt = _resolve_checkpoint(path)
+    ckpt = resolve_checkpoint(path)
     return load_model(ckpt, device), load_tokenizer(ckpt)

@@ -28,10 +28,11 @@ from tokenizers import Tokenizer
 
 from .data import TokenData, load_splits
 from .evaluate import evaluate_by_language, format_results
-from .generate import stream_generate, stream_text
+from .generate import stream_text, stream_text_from_ids
 from .model import MiniMind
-from .tokenizer import EOS_ID, apply_chat_template, default_tokenizer_dir, load_tokenizer
-from .train import Trainer, TrainConfig, latest_checkpoint, load_model, resolve_device, resolve_precision
+from .tokenizer import apply_chat_template, default_tokenizer_dir, load_tokenizer
+from .checkpoint import resolve_checkpoint
+from .train import Trainer, TrainConfig, load_model, resolve_device, resolve_precision
 
 # Openings in the style of the training text: TinyStories (en) and a Tang poem's title line (zh).
 SAMPLE_PROMPTS: dict[str, list[str]] = {
@@ -107,29 +108,7 @@ def stream_chat(model: MiniMind, tokenizer: Tokenizer, message: str, max_new_tok
     """
     text = apply_chat_template([{"role": "user", "content": message}], add_generation_prompt=True)
     prompt_ids = tokenizer.encode(text, add_special_tokens=False).ids
-    kwargs.setdefault("eos_token_id", EOS_ID)
-    new_ids: list[int] = []
-    shown = ""
-    for token in stream_generate(model, prompt_ids, max_new_tokens, **kwargs):
-        new_ids.append(token)
-        decoded = tokenizer.decode(new_ids)
-        if not decoded.endswith("\ufffd") and len(decoded) > len(shown):  # never print half a character
-            yield decoded[len(shown):]
-            shown = decoded
-
-
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """``path`` itself if it holds ``model.safetensors``, else the newest checkpoint of the run in ``path``."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such folder; give a run's --out folder or one of its checkpoints")
-    if (path / "model.safetensors").exists():
-        return path
-    latest = latest_checkpoint(path)
-    if latest is None:
-        raise FileNotFoundError(f"{path}: no checkpoint here (expected model.safetensors or checkpoints/step_*/); "
-                                "train first with `minimind-edu pretrain --out <folder>`")
-    return latest
+    yield from stream_text_from_ids(model, tokenizer, prompt_ids, max_new_tokens, **kwargs)
 
 
 def is_hf_folder(path: Path) -> bool:
