@@ -2,8 +2,10 @@
 
     python benchmarks/memory_grid.py            # writes benchmarks/results/memory_grid_cpu.{csv,png}
 
-Every point runs two real training steps (forward, backward, AdamW) and counts live tensor storages on the
-second; the estimate comes from minimind_edu.memory.estimate. Also timed: one estimate() call.
+Every point runs two real training steps (forward, backward, and the trainer's own AdamW from
+minimind_edu.train.make_optimizer, i.e. the fused kernel) and counts live tensor storages on the second; the
+estimate comes from minimind_edu.memory.estimate. Two extra points step PyTorch's foreach and per-tensor
+AdamW kernels instead ("adamw-foreach", "adamw-forloop"). Also timed: one estimate() call.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ def small(hidden: int, layers: int):
 
 
 def grid() -> list[tuple[str, object, int, int, str, str, bool, str]]:
-    """(name, config, batch, seq, attention, precision, checkpointing, optimizer): 48 points."""
+    """(name, config, batch, seq, attention, precision, checkpointing, optimizer): 56 points."""
     points = []
     for hidden, layers in ((64, 1), (64, 4), (128, 2), (128, 8)):
         for batch, seq in ((1, 32), (8, 128), (2, 512), (32, 64)):
@@ -41,6 +43,10 @@ def grid() -> list[tuple[str, object, int, int, str, str, bool, str]]:
         (2, 128, "sdpa", "fp32", False, "sgd"), (1, 1024, "naive", "bf16", True, "adamw"),
     ):
         points.append(("minimind2-small", real, batch, seq, attention, precision, ckpt, opt))
+    # the other AdamW kernels at a short sequence, where foreach's step is the peak (the loop's step ties with
+    # backward's end: both hold two embedding-sized fp32 tensors; tests/test_memory.py checks each step exactly)
+    for opt in ("adamw-foreach", "adamw-forloop"):
+        points.append(("h128-l8", small(128, 8), 1, 32, "sdpa", "bf16", False, opt))
     return points
 
 

@@ -6,7 +6,8 @@
 Same points as benchmarks/memory_grid.py (a few minutes on one GPU). On CUDA, ``measured_bytes`` is
 torch.cuda.max_memory_allocated of the second training step, ``reserved_bytes`` max_memory_reserved and
 ``driver_bytes`` the device's used memory (what nvidia-smi shows, other processes included); the estimate
-is taken with device="cuda" (foreach AdamW) and its approximate overhead is written beside them, so the
+is taken with device="cuda" (the trainer's fused AdamW on both sides: measure() steps
+minimind_edu.train.make_optimizer) and its approximate overhead is written beside them, so the
 constants in minimind_edu/memory.py (CUDA context, cuBLAS workspace, allocator slack) can be checked.
 """
 from __future__ import annotations

@@ -6,7 +6,8 @@
 
 Each round measures, back to back, three things on the same device:
   * the matmul peak: the best of a few 2048^3 matmuls in the run's precision (what MFU divides by),
-  * a *reference* step: the plain textbook step (autocast forward, backward, torch's default AdamW),
+  * a *reference* step: the plain textbook step (autocast forward, backward, torch's default AdamW: the
+    per-tensor loop on CPU, foreach on CUDA),
   * the *trainer* step: ``minimind_edu.train.Trainer.train_step``, the step the notebooks and
     ``minimind-edu pretrain`` actually run (parameter groups, gradient clipping, lr schedule, ...).
 On a shared machine absolute speeds swing with the load; the per-round ratios (trainer vs peak, trainer vs
@@ -60,7 +61,21 @@ def make_reference_step(preset: str, batch: int, seq: int, precision: str, devic
         optimizer.zero_grad(set_to_none=True)
         return float(loss.detach())
 
+    step.optimizer = optimizer
     return step
+
+
+def adamw_kernel(optimizer: torch.optim.Optimizer) -> str:
+    """Which AdamW implementation ``optimizer`` runs: "fused", "foreach" or the per-tensor "forloop"."""
+    d = optimizer.defaults
+    if d.get("fused"):
+        return "fused"
+    if d.get("foreach") is False:
+        return "forloop"
+    if d.get("foreach"):
+        return "foreach"
+    params = [p for g in optimizer.param_groups for p in g["params"]]  # foreach=None: PyTorch decides per device
+    return "foreach" if params and params[0].device.type == "cuda" else "forloop"
 
 
 def make_trainer(preset: str, batch: int, seq: int, precision: str, device: torch.device, compile_model: bool,
@@ -135,6 +150,7 @@ def run(args: argparse.Namespace) -> dict:
         old = trainer.optimizer.param_groups
         groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in old]
         trainer.optimizer = torch.optim.AdamW(groups, lr=old[0]["lr"], betas=old[0]["betas"], fused=True)
+    reference_adamw = adamw_kernel(reference.optimizer)
 
     def trainer_step() -> None:
         trainer.train_step()
@@ -180,7 +196,9 @@ def run(args: argparse.Namespace) -> dict:
         "seq": args.seq,
         "precision": precision,
         "compile": args.compile,
-        "fused_adamw": args.fused_adamw,
+        "fused_adamw": adamw_kernel(trainer.optimizer) == "fused",
+        "trainer_adamw": adamw_kernel(trainer.optimizer),
+        "reference_adamw": reference_adamw,
         "tokens_per_step": tokens_per_step,
         "flops_per_token": {"matmul": fpt.matmul, "attention": fpt.attention, "total": fpt.total},
         "rounds": rounds,
@@ -210,7 +228,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
     p.add_argument("--compile", action="store_true", help="torch.compile the trainer's model")
     p.add_argument("--fused-adamw", action="store_true",
-                   help="give the trainer a fused AdamW (the reference keeps PyTorch's default)")
+                   help="force a fused AdamW on the trainer (already its default on CPU and CUDA since "
+                        "make_optimizer picks it; the reference keeps PyTorch's default)")
     p.add_argument("--profile", action="store_true", help="print torch.profiler's top operators of a trainer step")
     p.add_argument("--out", default=None, help="JSON file (default: benchmarks/results/train_speed_<device>.json)")
     p.add_argument("--note", default="", help="free text stored with the figures (e.g. 'shared busy machine')")
@@ -228,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(result, indent=1) + "\n")
     s = result["summary"]
     print(f"{args.preset} {args.batch}x{args.seq} {args.precision} on {result['device_name']} "
-          f"({result['threads']} threads), median of {args.rounds} rounds:")
+          f"({result['threads']} threads), median of {args.rounds} rounds; AdamW kernels: trainer "
+          f"{result['trainer_adamw']}, reference {result['reference_adamw']}:")
     print(f"  trainer   {s['trainer_tokens_per_s']['median']:8.0f} tokens/s  MFU {s['trainer_mfu']['median']:.1%} "
           f"(range {s['trainer_mfu']['min']:.1%}-{s['trainer_mfu']['max']:.1%}) of the measured matmul peak "
           f"{s['matmul_peak_flops']['median'] / 1e9:.0f} GFLOP/s")

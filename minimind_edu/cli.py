@@ -93,7 +93,9 @@ def add_memory_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, required=True, help="batch size")
     p.add_argument("--seq", type=int, required=True, help="sequence length in tokens")
     p.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default="bf16")
-    p.add_argument("--optimizer", choices=["adamw", "sgd", "none"], default="adamw")
+    p.add_argument("--optimizer", default="adamw",
+                   choices=["adamw", "adamw-fused", "adamw-foreach", "adamw-forloop", "sgd", "none"],
+                   help="adamw: the trainer's (fused AdamW); adamw-foreach/-forloop: PyTorch's other kernels")
     p.add_argument("--attention", choices=["sdpa", "naive"], help="default: the preset's")
     p.add_argument("--checkpointing", action="store_true", help="recompute each block in backward")
     p.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")

@@ -23,13 +23,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from . import model as model_module
-from .memory_measure import Measurement, StorageTracker, measure  # noqa: F401 (part of this module's API)
+from .memory_measure import OPTIMIZERS, Measurement, StorageTracker, measure  # noqa: F401 (part of this module's API)
 from .model import ModelConfig, count_parameters
+from .train import adamw_implementation
 
 GiB = 2**30
 MiB = 2**20
 PRECISIONS = ("bf16", "fp16", "fp32")
-OPTIMIZERS = ("adamw", "sgd", "none")
 DEVICES = ("cpu", "cuda")
 
 # --- GPU cards ----------------------------------------------------------------------------------------------
@@ -235,7 +235,12 @@ def estimate(
     whose few scalars are negligible). ``optimizer``: "adamw", "sgd" (momentum 0.9) or "none" (forward and
     backward only). ``attention`` defaults to the config's. ``checkpointing`` recomputes each block in
     backward. ``grad_accum_steps > 1`` keeps the gradients alive through every micro-step.
-    ``device="cuda"`` models CUDA's defaults (AdamW's ``foreach`` path) and adds the framework overhead;
+    "adamw" is the course trainer's optimizer (``train.make_optimizer``): the fused kernel, on CPU and CUDA
+    alike, which makes no temporaries (measured on CPU; the CUDA figure is unvalidated until
+    benchmarks/memory_grid_gpu.py runs on a GPU: this course's machine has none), or
+    PyTorch's default where this torch has no fused kernel. "adamw-fused", "adamw-foreach" (CUDA's default:
+    sqrt(v) for every tensor at once) and "adamw-forloop" (CPU's default: one tensor at a time) model each
+    kernel explicitly. ``device="cuda"`` adds the framework overhead;
     ``gpu`` (a card preset, a GPUCard or GB) selects Hopper's larger cuBLAS workspace.
     """
     cfg = model_config
@@ -253,7 +258,8 @@ def estimate(
     weights = p * 4
     buffers = 2 * cfg.max_position_embeddings * cfg.head_dim * 4
     batch = 2 * n * 8
-    opt_state = {"adamw": 2 * p * 4 + 4 * _num_param_tensors(cfg), "sgd": p * 4, "none": 0}[optimizer]
+    adamw_state = 2 * p * 4 + 4 * _num_param_tensors(cfg)  # m, v and an fp32 step tensor, every kernel alike
+    opt_state = adamw_state if optimizer.startswith("adamw") else {"sgd": p * 4, "none": 0}[optimizer]
     static = {"weights": weights, "buffers": buffers, "batch": batch, "optimizer_state": opt_state}
     grads_kept = p * 4 if grad_accum_steps > 1 else 0
 
@@ -347,10 +353,13 @@ def estimate(
     # (Untied, the embedding's gradient simply becomes its .grad, already counted in the gradients.)
     emb_tmp = {"embedding_grad": v * h * 4, "tied_grad_sum": v * h * 4} if cfg.tie_word_embeddings else {}
     add("backward", p * 4, 0, 0, 0, emb_tmp)
-    if optimizer == "adamw":
-        if device == "cuda":  # foreach AdamW: sqrt(v) for every tensor at once
-            opt_tmp = {"adamw_sqrt_v": p * 4}
-        else:  # per-tensor AdamW: sqrt(v) and sqrt(v)/bias_correction of the largest tensor
+    if optimizer.startswith("adamw"):
+        kernel = adamw_implementation(device) if optimizer == "adamw" else optimizer.removeprefix("adamw-")
+        if kernel == "fused":  # one kernel updates m, v and the weight element by element: no temporaries
+            opt_tmp = {}
+        elif kernel == "foreach":  # sqrt(v) for every tensor of a parameter group at once: the matrices'
+            opt_tmp = {"adamw_sqrt_v": (p - (2 * L + 1) * h) * 4}  # group, i.e. all but the norm gains
+        else:  # per-tensor loop: sqrt(v) and sqrt(v)/bias_correction of the largest tensor
             largest = max(v * h, h * cfg.intermediate_size, h * cfg.num_heads * cfg.head_dim)
             opt_tmp = {"adamw_sqrt_v": 2 * largest * 4}
         add("optimizer", p * 4, 0, 0, 0, opt_tmp)
@@ -407,8 +416,6 @@ def largest_batch(model_config: ModelConfig, seq_len: int, gpu: str | GPUCard | 
         else:
             hi = mid
     return lo
-
-
 
 
 def format_table(est: MemoryEstimate, measured_bytes: int | None = None) -> str:

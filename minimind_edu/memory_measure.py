@@ -11,9 +11,14 @@ What a CPU measurement tells about a GPU, and what it does not:
     what ``torch.cuda.max_memory_allocated`` reports, minus allocator rounding (512-byte blocks) and minus
     anything a CUDA kernel allocates on its own.
   * It cannot see kernel choice: on CUDA, ``scaled_dot_product_attention`` runs a flash / memory-efficient
-    kernel whose saved tensors (log-sum-exp, RNG state) differ a little from the CPU kernel's; AdamW
-    defaults to the ``foreach`` implementation on CUDA (one big batch of temporaries) and to a per-tensor
-    loop on CPU (the estimator's ``device=`` argument models both).
+    kernel whose saved tensors (log-sum-exp, RNG state) differ a little from the CPU kernel's. AdamW is the
+    trainer's own (``train.make_optimizer``: the fused kernel on CPU and CUDA, which makes no temporaries);
+    PyTorch's defaults, ``foreach`` (CUDA: one big batch of temporaries) and the per-tensor loop (CPU), can
+    be measured with ``optimizer="adamw-foreach"`` / ``"adamw-forloop"`` and the estimator models all three.
+  * It cannot see memory a kernel allocates inside C++ without returning it as a tensor. The fused CPU AdamW
+    kernel (ATen's cpu/FusedAdamKernel.cpp) updates m, v and each weight element by element in place and
+    allocates nothing (its ``grad.contiguous()`` is a no-op for our contiguous gradients), so none is missed
+    there. The fused CUDA kernel reads the same way, but this course has no GPU to check it on.
   * It cannot see the CUDA context, the cuBLAS workspace or the caching allocator's reserved-but-unused
     memory, which nvidia-smi shows on top. Those are reported separately by the estimator, as approximations.
 """
@@ -28,8 +33,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from .model import MiniMind, ModelConfig
+from .train import make_optimizer, param_groups
 
 PHASES = ("forward", "backward", "optimizer")
+# "adamw" is the course trainer's optimizer (train.make_optimizer: fused where torch has the kernel); the
+# other AdamW names force one of PyTorch's implementations, to compare their transient memory.
+OPTIMIZERS = ("adamw", "adamw-fused", "adamw-foreach", "adamw-forloop", "sgd", "none")
 
 
 class StorageTracker(TorchDispatchMode):
@@ -119,23 +128,29 @@ class Measurement:
     timeline: list[tuple[str, int]] | None = None
 
 
-def _build(cfg: ModelConfig, attention: str | None, checkpointing: bool, optimizer: str, device: str,
-           foreach: bool | None, seed: int):
+def build_optimizer(model: torch.nn.Module, optimizer: str) -> torch.optim.Optimizer | None:
+    """The optimizer a measurement steps: "adamw" is exactly the trainer's (``train.make_optimizer``)."""
+    if optimizer == "adamw":
+        return make_optimizer(model, lr=1e-4, weight_decay=0.1)
+    if optimizer.startswith("adamw-") and optimizer in OPTIMIZERS:
+        kind = optimizer.removeprefix("adamw-")
+        flags = {"fused": {"fused": True}, "foreach": {"foreach": True}, "forloop": {"foreach": False}}[kind]
+        return torch.optim.AdamW(param_groups(model, 0.1), lr=1e-4, betas=(0.9, 0.95), **flags)
+    if optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    if optimizer == "none":
+        return None
+    raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {optimizer!r}")
+
+
+def _build(cfg: ModelConfig, attention: str | None, checkpointing: bool, optimizer: str, device: str, seed: int):
     torch.manual_seed(seed)
     if attention and attention != cfg.attention:
         cfg = cfg.with_(attention=attention)
     model = MiniMind(cfg).to(device)
     model.train()
     model.gradient_checkpointing = checkpointing
-    if optimizer == "adamw":
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, foreach=foreach)
-    elif optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, foreach=foreach)
-    elif optimizer == "none":
-        opt = None
-    else:
-        raise ValueError(f'optimizer must be "adamw", "sgd" or "none"; got {optimizer!r}')
-    return cfg, model, opt
+    return cfg, model, build_optimizer(model, optimizer)
 
 
 def _train_step(model, opt, scaler, ids, targets, precision, device, grad_accum_steps, on_phase):
@@ -172,7 +187,6 @@ def measure(
     checkpointing: bool = False,
     grad_accum_steps: int = 1,
     device: str | None = None,
-    foreach: bool | None = None,
     seed: int = 0,
     record_timeline: bool = False,
 ) -> Measurement:
@@ -182,19 +196,22 @@ def measure(
     optimizer). ``device`` defaults to CUDA when available. On CUDA the numbers are the caching allocator's
     ``max_memory_allocated`` / ``max_memory_reserved`` and the driver's used memory; an out-of-memory error
     returns ``fits=False``. On CPU the peak is the exact sum of live tensor storages (see the module docs
-    for what that can and cannot tell about a GPU). ``foreach`` picks AdamW's implementation (None: PyTorch's
-    default for the device, i.e. foreach on CUDA, per-tensor on CPU).
+    for what that can and cannot tell about a GPU). ``optimizer``: "adamw" is the trainer's own
+    (``train.make_optimizer``, fused on CPU and CUDA), "adamw-fused" / "adamw-foreach" / "adamw-forloop" force
+    one of PyTorch's AdamW kernels, "sgd" is SGD with momentum 0.9, "none" skips the step.
     """
     if precision not in ("bf16", "fp16", "fp32"):
         raise ValueError(f'precision must be "bf16", "fp16" or "fp32"; got {precision!r}')
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {optimizer!r}")
     if batch_size < 1 or seq_len < 1 or grad_accum_steps < 1:
         raise ValueError(f"batch_size, seq_len and grad_accum_steps must be >= 1; got {batch_size}, {seq_len}, {grad_accum_steps}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda":
         return _measure_cuda(model_config, batch_size, seq_len, precision, optimizer, attention,
-                             checkpointing, grad_accum_steps, foreach, seed)
+                             checkpointing, grad_accum_steps, seed)
     start = time.perf_counter()
-    cfg, model, opt = _build(model_config, attention, checkpointing, optimizer, "cpu", foreach, seed)
+    cfg, model, opt = _build(model_config, attention, checkpointing, optimizer, "cpu", seed)
     scaler = torch.amp.GradScaler("cpu") if precision == "fp16" else None
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, cfg.vocab_size, (batch_size, seq_len), generator=gen)
@@ -216,11 +233,11 @@ def measure(
 
 
 def _measure_cuda(cfg, batch_size, seq_len, precision, optimizer, attention, checkpointing,
-                  grad_accum_steps, foreach, seed) -> Measurement:
+                  grad_accum_steps, seed) -> Measurement:
     start = time.perf_counter()
     model = opt = ids = targets = None
     try:
-        cfg, model, opt = _build(cfg, attention, checkpointing, optimizer, "cuda", foreach, seed)
+        cfg, model, opt = _build(cfg, attention, checkpointing, optimizer, "cuda", seed)
         scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
         ids = torch.randint(0, cfg.vocab_size, (batch_size, seq_len), device="cuda")
         targets = torch.randint(0, cfg.vocab_size, (batch_size, seq_len), device="cuda")

@@ -21,7 +21,8 @@ def small(hidden: int, layers: int, attention: str = "sdpa", **kw) -> ModelConfi
 # (hidden, layers, batch, seq, attention, precision, checkpointing, extra estimate/measure options)
 # Chosen so every regime is some point's peak: the cross-entropy block (most points), naive attention's
 # T x T softmax backward (long sequences), checkpoint recomputation, the end of backward and the optimizer
-# step (tiny batches), gradient accumulation, SGD and CUDA's foreach AdamW run on CPU.
+# step (tiny batches), gradient accumulation, SGD, and PyTorch's foreach (CUDA's default) and per-tensor
+# (CPU's default) AdamW kernels beside the trainer's fused one ("adamw", what every other point runs).
 GRID = [
     (64, 1, 1, 32, "sdpa", "fp32", False, {}),
     (64, 8, 2, 64, "sdpa", "bf16", False, {}),
@@ -35,7 +36,8 @@ GRID = [
     (64, 2, 2, 256, "sdpa", "fp32", True, {}),
     (128, 1, 2, 512, "sdpa", "bf16", False, {"grad_accum_steps": 2}),
     (64, 2, 4, 64, "sdpa", "bf16", False, {"optimizer": "sgd"}),
-    (128, 8, 1, 32, "sdpa", "bf16", False, {"foreach": True}),
+    (128, 8, 1, 32, "sdpa", "bf16", False, {"optimizer": "adamw-foreach"}),
+    (128, 8, 1, 32, "sdpa", "bf16", False, {"optimizer": "adamw-forloop"}),
     (64, 1, 2, 64, "sdpa", "fp16", False, {}),
 ]
 
@@ -43,13 +45,10 @@ GRID = [
 @pytest.mark.parametrize("hidden,layers,batch,seq,attention,precision,ckpt,extra", GRID)
 def test_estimate_within_3_percent_of_measured(hidden, layers, batch, seq, attention, precision, ckpt, extra):
     cfg = small(hidden, layers)
-    extra = dict(extra)
-    foreach = extra.pop("foreach", None)
     measured = measure(cfg, batch, seq, precision=precision, attention=attention, checkpointing=ckpt,
-                       device="cpu", foreach=foreach, **extra)
-    # foreach AdamW is what CUDA runs by default: the estimator models it with device="cuda"
+                       device="cpu", **extra)
     est = estimate(cfg, batch, seq, precision=precision, attention=attention, checkpointing=ckpt,
-                   device="cuda" if foreach else "cpu", **extra)
+                   device="cpu", **extra)
     rel = abs(est.peak_bytes - measured.peak_bytes) / measured.peak_bytes
     assert rel <= 0.03, (est.peak_bytes, measured.peak_bytes, est.peak_phase, measured.phase_peaks)
     # the phase the estimator names holds the measured peak (within the same tolerance)
@@ -76,6 +75,36 @@ def test_worked_example_fp32_one_layer():
     # the peak is backward's first step: log_softmax saved + its gradient + the logits' gradient
     assert est.transients == {"nll_loss_grad": n * v * 4, "logits_grad": n * v * 4}
     assert est.peak_bytes == sum(est.terms.values())
+
+
+def test_adamw_is_the_trainers_fused_kernel_and_each_kernels_step_is_exact(monkeypatch):
+    # measure() steps the trainer's own optimizer, and the estimator's optimizer phase is byte-exact for
+    # every AdamW kernel: fused keeps nothing beyond weights, state and gradients, the others make sqrt(v)
+    # (foreach: of the whole decayed group, every matrix; the loop: of the largest tensor, the embedding).
+    from minimind_edu import memory, train
+    from minimind_edu.memory_measure import build_optimizer
+    from minimind_edu.model import MiniMind
+
+    cfg = small(128, 2)
+    model = MiniMind(cfg)
+    ours, trainers = build_optimizer(model, "adamw"), train.make_optimizer(model, lr=1e-4, weight_decay=0.1)
+    assert ours.defaults == trainers.defaults and ours.defaults["fused"] is True
+    assert [g["weight_decay"] for g in ours.param_groups] == [g["weight_decay"] for g in trainers.param_groups]
+    p = count_parameters(cfg)["total"]
+    expected_transient = {"adamw": 0, "adamw-fused": 0, "adamw-foreach": (p - 5 * 128) * 4, "adamw-forloop": 2 * 6400 * 128 * 4}
+    for name, transient in expected_transient.items():
+        est = estimate(cfg, 1, 32, optimizer=name)
+        resting = sum(est.terms[k] for k in ("weights", "buffers", "batch", "optimizer_state")) + p * 4
+        assert est.phase_peaks["optimizer"] == resting + transient, name
+        assert measure(cfg, 1, 32, optimizer=name, device="cpu").phase_peaks["optimizer"] == resting + transient, name
+    # CUDA: the trainer runs fused there too, so "adamw" models fused (unmeasured: no GPU in this course)
+    assert estimate(cfg, 1, 32, device="cuda").phase_peaks["optimizer"] == \
+        estimate(cfg, 1, 32, optimizer="adamw-fused", device="cuda").phase_peaks["optimizer"]
+    # a torch without a fused CPU kernel: the trainer and so the estimate fall back to the per-tensor loop
+    monkeypatch.setattr(train, "fused_adamw_supported", lambda device_type: False)
+    assert estimate(cfg, 1, 32).phase_peaks == estimate(cfg, 1, 32, optimizer="adamw-forloop").phase_peaks
+    assert memory.estimate(cfg, 1, 32, device="cuda").transients == \
+        estimate(cfg, 1, 32, optimizer="adamw-foreach", device="cuda").transients
 
 
 def test_tracker_counts_storages_and_frees():
