@@ -157,8 +157,6 @@ def add_memory_command(sub: argparse._SubParsersAction) -> None:
 
 
 # --- issue 5/6: pretrain, generate, export -------------------------------------------------------------------
-DEFAULT_CPU_MINUTES = 14.0  # `make pretrain` on 2 CPU cores: ~14 min of training + tokenizing, evaluation, samples
-
 
 def add_pretrain_commands(sub: argparse._SubParsersAction) -> None:
     add_pretrain_command(sub)
@@ -168,13 +166,14 @@ def add_pretrain_commands(sub: argparse._SubParsersAction) -> None:
 
 def add_pretrain_command(sub: argparse._SubParsersAction) -> None:
     from .model import PRESETS
+    from .pretrain import DEFAULT_CPU_MINUTES, DEFAULT_GPU_EPOCHS
 
     p = sub.add_parser(
         "pretrain",
         help="pretrain a MiniMind on the shipped corpus (or your own), then print samples and validation losses",
         description="Pretrain a MiniMind. Without --steps/--epochs/--minutes it trains for "
-        f"{DEFAULT_CPU_MINUTES:g} minutes on a CPU and for two epochs on a GPU. The --out folder receives "
-        "checkpoints/, metrics.jsonl (one JSON record per logged step) and loss_curve.png.",
+        f"{DEFAULT_CPU_MINUTES:g} minutes on a CPU and for {DEFAULT_GPU_EPOCHS:g} epochs on a GPU. The --out folder "
+        "receives checkpoints/, metrics.jsonl (one JSON record per logged step) and loss_curve.png.",
     )
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="model size (default: course-cpu on a CPU, minimind2-small on a GPU)")
@@ -201,9 +200,11 @@ def add_pretrain_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--eval-every", type=int, default=None, help="validate every N steps (default: ~20 times per run)")
+    p.add_argument("--eval-every", type=int, default=None,
+                   help="validate every N steps (default: ~20 times per run; 0: only at the end)")
     p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--save-every", type=int, default=None, help="checkpoint every N steps (default: ~10 times per run)")
+    p.add_argument("--save-every", type=int, default=None,
+                   help="checkpoint every N steps (default: ~10 times per run; 0: only at the end)")
     p.add_argument("--samples", type=int, default=60, metavar="TOKENS",
                    help="new tokens per sample printed at the end (0: no samples)")
     p.add_argument("--threads", type=int, default=None,
@@ -215,7 +216,7 @@ def add_pretrain_command(sub: argparse._SubParsersAction) -> None:
 def _run_pretrain(args: argparse.Namespace) -> int:
     from .pretrain import run_pretrain_cli
 
-    return run_pretrain_cli(args, default_cpu_minutes=DEFAULT_CPU_MINUTES)
+    return run_pretrain_cli(args)
 
 
 def add_generate_command(sub: argparse._SubParsersAction) -> None:
@@ -229,17 +230,20 @@ def add_generate_command(sub: argparse._SubParsersAction) -> None:
                    help="wrap each prompt as a user message in the ChatML template (<|im_start|>user ...)")
     p.add_argument("--max-new-tokens", type=int, default=100)
     p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=40)
-    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--top-k", type=int, default=40, help="sample among the k likeliest tokens (0: no limit)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: the likeliest tokens up to this "
+                   "total probability, in (0, 1]")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_run_generate)
 
 
 def _run_generate(args: argparse.Namespace) -> int:
-    from .pretrain import SAMPLE_PROMPTS, load_for_generation, print_samples, stream_chat
+    from .pretrain import (SAMPLE_PROMPTS, check_sampling_arguments, device_argument, load_for_generation,
+                           print_samples, stream_chat)
 
-    model, tokenizer = load_for_generation(args.path, args.device)
+    check_sampling_arguments(args)
+    model, tokenizer = load_for_generation(args.path, device_argument(args.device))
     options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     if args.chat:
         for message in args.prompt or ["Tell me a story about a cat.", "写一首关于春天的诗。"]:
@@ -249,7 +253,8 @@ def _run_generate(args: argparse.Namespace) -> int:
             print("\n")
         return 0
     prompts = {"prompt": args.prompt} if args.prompt else SAMPLE_PROMPTS
-    print_samples(model, tokenizer, prompts, args.max_new_tokens, args.temperature, args.top_k, args.seed, top_p=args.top_p)
+    print_samples(model, tokenizer, prompts, args.max_new_tokens, args.temperature, args.top_k, args.seed,
+                  top_p=args.top_p)
     return 0
 
 

@@ -4,6 +4,7 @@ The pieces behind notebook 05 and ``minimind-edu pretrain`` / ``generate`` / ``e
 
     choose_setup(device)              -> PretrainSetup (preset, batch, seq) that suits a CPU or a GPU
     steps_for_epochs(data, epochs, batch, seq, accum) -> optimizer steps for that many passes
+    plan_schedule(device, data, batch, seq, ...)     -> the run's length, evaluation and checkpoint cadence
     print_samples(model, tokenizer)   # streams continuations of English and Chinese prompts
     stream_chat(model, tokenizer, message)  # ChatML-formatted prompt, stops at <|im_end|>
     resolve_checkpoint(path)          # a checkpoint folder from a run's out_dir or the folder itself
@@ -11,9 +12,12 @@ The pieces behind notebook 05 and ``minimind-edu pretrain`` / ``generate`` / ``e
     plot_metrics(metrics, png_path)   # loss curve (train + validation) from metrics.jsonl records
     export_checkpoint(path, out_dir)  # Hugging Face folder (config.json, model.safetensors, tokenizer)
     run_pretrain_cli(args)            # what `minimind-edu pretrain` does with its parsed arguments
+    check_pretrain_arguments(args), check_sampling_arguments(args), device_argument(name)
+                                      # bad options: a one-line error naming them, before any work
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -21,18 +25,21 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import torch
 from tokenizers import Tokenizer
 
+from .checkpoint import resolve_checkpoint
 from .data import TokenData, load_splits
 from .evaluate import evaluate_by_language, format_results
 from .generate import stream_text, stream_text_from_ids
 from .model import MiniMind
 from .tokenizer import apply_chat_template, default_tokenizer_dir, load_tokenizer
-from .checkpoint import resolve_checkpoint
-from .train import Trainer, TrainConfig, load_model, resolve_device, resolve_precision
+from .train import TrainConfig, Trainer, load_model, resolve_device, resolve_precision
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 # Openings in the style of the training text: TinyStories (en) and a Tang poem's title line (zh).
 SAMPLE_PROMPTS: dict[str, list[str]] = {
@@ -41,7 +48,9 @@ SAMPLE_PROMPTS: dict[str, list[str]] = {
 }
 
 
-DEFAULT_GPU_EPOCHS = 2.0  # `minimind-edu pretrain` on a GPU without --steps/--epochs/--minutes
+# What `make pretrain` / `minimind-edu pretrain` (and notebook 05) do when told neither steps, epochs nor minutes.
+DEFAULT_CPU_MINUTES = 14.0  # on 2 CPU cores: ~14 min of training + tokenizing, evaluation, samples
+DEFAULT_GPU_EPOCHS = 2.0  # a GPU passes over the small shipped corpus a few times in minutes
 
 
 @dataclass
@@ -68,6 +77,39 @@ def steps_for_epochs(data: TokenData, epochs: float, batch_size: int, seq_len: i
     windows = (data.n_tokens - 1) // seq_len
     per_step = batch_size * grad_accum_steps * world_size
     return max(1, math.ceil(epochs * windows / per_step))
+
+
+def plan_schedule(
+    device: str | torch.device,
+    train_data: TokenData,
+    batch_size: int,
+    seq_len: int,
+    grad_accum_steps: int = 1,
+    steps: int | None = None,
+    epochs: float | None = None,
+    minutes: float | None = None,
+    world_size: int = 1,
+) -> dict[str, Any]:
+    """The :class:`TrainConfig` fields that set a run's length and when it evaluates and saves.
+
+    At most one of ``steps`` / ``epochs`` / ``minutes`` is used, in that order; with none, a CPU trains for
+    :data:`DEFAULT_CPU_MINUTES` and a GPU for :data:`DEFAULT_GPU_EPOCHS` passes over ``train_data``.
+    """
+    budget = None
+    if steps is not None:
+        max_steps = steps
+    elif epochs is not None:
+        max_steps = steps_for_epochs(train_data, epochs, batch_size, seq_len, grad_accum_steps, world_size)
+    elif minutes is not None or torch.device(device).type == "cpu":
+        budget = DEFAULT_CPU_MINUTES if minutes is None else minutes
+    else:
+        max_steps = steps_for_epochs(train_data, DEFAULT_GPU_EPOCHS, batch_size, seq_len, grad_accum_steps,
+                                     world_size)
+    if budget is not None:  # the step count is only known once the first steps are timed
+        return {"time_budget_min": budget, "eval_every": 100, "save_every": 250}
+    # Evaluate ~20 times and save ~10 times per run; a short run still warms up for a tenth of its steps.
+    return {"max_steps": max_steps, "eval_every": max(1, max_steps // 20), "save_every": max(1, max_steps // 10),
+            "warmup_steps": min(TrainConfig.warmup_steps, max(1, max_steps // 10))}
 
 
 def print_samples(
@@ -112,6 +154,7 @@ def stream_chat(model: MiniMind, tokenizer: Tokenizer, message: str, max_new_tok
 
 
 def is_hf_folder(path: Path) -> bool:
+    """True for a folder written by ``export`` (a Hugging Face config), not a training checkpoint."""
     config = path / "config.json"
     return config.exists() and "architectures" in json.loads(config.read_text(encoding="utf-8"))
 
@@ -141,7 +184,8 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
     return records
 
 
-def plot_metrics(records: Sequence[dict], png_path: str | os.PathLike | None = None, title: str = "", ax=None):
+def plot_metrics(records: Sequence[dict], png_path: str | os.PathLike | None = None, title: str = "",
+                 ax: Axes | None = None) -> Axes:
     """Training and validation loss against tokens seen; saved to ``png_path`` when given. Returns the axes."""
     import matplotlib.pyplot as plt
 
@@ -170,50 +214,81 @@ def export_checkpoint(path: str | os.PathLike, out_dir: str | os.PathLike, dtype
     from .hf import export_hf
 
     folder = resolve_checkpoint(path)
+    if Path(out_dir).resolve() == folder.resolve():
+        raise ValueError(f"{out_dir}: that is the checkpoint being exported; give another output folder")
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     model = load_model(folder).to(torch_dtype)
     tokenizer_dir = folder if (folder / "tokenizer.json").exists() else None
     return export_hf(model, out_dir, tokenizer_dir=tokenizer_dir)
 
 
-def run_pretrain_cli(args, default_cpu_minutes: float = 14.0, out: TextIO | None = None) -> int:
+def check_pretrain_arguments(args: argparse.Namespace) -> None:
+    """Fail fast, naming the option, before minutes of tokenizing: argparse only checks the types."""
+    at_least = {"--steps": (args.steps, 1), "--batch": (args.batch, 1), "--seq": (args.seq, 1),
+                "--accum": (args.accum, 1), "--threads": (args.threads, 1), "--log-every": (args.log_every, 1),
+                "--warmup": (args.warmup, 0), "--eval-every": (args.eval_every, 0),
+                "--save-every": (args.save_every, 0), "--samples": (args.samples, 0)}
+    for flag, (value, low) in at_least.items():
+        if value is not None and value < low:
+            raise ValueError(f"{flag} must be at least {low}, got {value}")
+    for flag, value in (("--epochs", args.epochs), ("--minutes", args.minutes), ("--lr", args.lr)):
+        if value is not None and not value > 0:
+            raise ValueError(f"{flag} must be positive, got {value:g}")
+    for flag, paths in (("--data", args.data), ("--valid-data", args.valid_data)):
+        for path in paths or ():
+            if not Path(path).is_file():
+                what = "is a folder" if Path(path).is_dir() else "no such file"
+                raise ValueError(f"{flag} {path}: {what}; give .txt or MiniMind .jsonl files")
+
+
+def check_sampling_arguments(args: argparse.Namespace) -> None:
+    """``generate``'s options, checked before the first token is printed (an error mid-line is hard to read)."""
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    if not args.temperature >= 0:
+        raise ValueError(f"--temperature must be >= 0 (0: always the most likely token), got {args.temperature:g}")
+    if args.top_k is not None and args.top_k < 0:
+        raise ValueError(f"--top-k must be >= 0 (0: no top-k filter), got {args.top_k}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise ValueError(f"--top-p must be in (0, 1], got {args.top_p:g}")
+
+
+def device_argument(name: str) -> torch.device:
+    """:func:`resolve_device` for a ``--device`` option: a bad name becomes a one-line error naming it."""
+    try:
+        return resolve_device(name)
+    except (RuntimeError, ValueError) as err:  # torch.device("bogus") raises RuntimeError
+        raise ValueError(f"--device {name}: {err}") from None
+
+
+def run_pretrain_cli(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """``minimind-edu pretrain``: train as the arguments say, then print samples and validation losses."""
     out = out or sys.stdout
-    if getattr(args, "threads", None):
-        if args.threads < 1:
-            raise ValueError(f"--threads must be at least 1, got {args.threads}")
+    check_pretrain_arguments(args)
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = device_argument(args.device)
     setup = choose_setup(device)
     preset = args.preset or setup.preset
-    batch, seq = args.batch or setup.batch_size, args.seq or setup.seq_len
+    batch = setup.batch_size if args.batch is None else args.batch
+    seq = setup.seq_len if args.seq is None else args.seq
     out_dir = Path(args.out or Path("runs") / preset)
     train_data, valid_data = load_splits(args.data, args.valid_data, args.tokenizer, progress=not args.no_progress)
 
-    max_steps, budget = 1000, None
-    if args.steps is not None:
-        max_steps = args.steps
-    elif args.epochs is not None:
-        max_steps = steps_for_epochs(train_data, args.epochs, batch, seq, args.accum)
-    elif args.minutes is not None:
-        budget = args.minutes
-    elif device.type == "cpu":
-        budget = default_cpu_minutes
-    else:  # a GPU is fast enough to pass over the small shipped corpus a few times in minutes
-        max_steps = steps_for_epochs(train_data, DEFAULT_GPU_EPOCHS, batch, seq, args.accum)
-    # Evaluate ~20 times and save ~10 times per run; under a time budget the step count is not known yet.
-    planned = max_steps if budget is None else None
-    eval_every = args.eval_every or (max(1, planned // 20) if planned else 100)
-    save_every = args.save_every or (max(1, planned // 10) if planned else 250)
-    extra = {k: v for k, v in (("lr", args.lr), ("warmup_steps", args.warmup)) if v is not None}
-    if "lr" in extra:
-        extra["min_lr"] = min(TrainConfig.min_lr, extra["lr"])
-    if budget is None and "warmup_steps" not in extra:
-        extra["warmup_steps"] = min(TrainConfig.warmup_steps, max(1, max_steps // 10))
+    # Under torchrun each rank trains on its own `batch` rows, so an epoch takes WORLD_SIZE times fewer steps.
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    extra = plan_schedule(device, train_data, batch, seq, args.accum, args.steps, args.epochs, args.minutes,
+                          world_size)
+    for field, value in (("eval_every", args.eval_every), ("save_every", args.save_every),
+                         ("warmup_steps", args.warmup), ("lr", args.lr)):
+        if value is not None:
+            extra[field] = value
+    if args.lr is not None:
+        extra["min_lr"] = min(TrainConfig.min_lr, args.lr)
+    budget, max_steps = extra.get("time_budget_min"), extra.get("max_steps", TrainConfig.max_steps)
     cfg = TrainConfig(
-        model=preset, batch_size=batch, seq_len=seq, grad_accum_steps=args.accum, max_steps=max_steps,
-        time_budget_min=budget, precision=args.precision, device=args.device, eval_every=eval_every,
-        log_every=args.log_every, save_every=save_every, out_dir=str(out_dir), seed=args.seed,
+        model=preset, batch_size=batch, seq_len=seq, grad_accum_steps=args.accum, precision=args.precision,
+        device=args.device, log_every=args.log_every, out_dir=str(out_dir), seed=args.seed,
         compile=args.compile, train_data=args.data, valid_data=args.valid_data, tokenizer_dir=args.tokenizer,
         progress=not args.no_progress, **extra,
     )
@@ -234,7 +309,7 @@ def run_pretrain_cli(args, default_cpu_minutes: float = 14.0, out: TextIO | None
     if result.history:
         plot_metrics(result.history, out_dir / "loss_curve.png", title=f"{preset}, {device}")
 
-    summary: dict = {"preset": preset, "step": result.step, "tokens": result.step * batch * seq * args.accum,
+    summary: dict = {"preset": preset, "step": result.step, "tokens": result.step * trainer.tokens_per_step,
                      "seconds": result.seconds}
     if result.val_losses:
         summary["val_loss"] = result.val_losses[-1]
@@ -258,7 +333,7 @@ class LiveLossPlot:
     The title shows the latest tokens/s; outside a notebook (no IPython display) it only collects records.
     """
 
-    def __init__(self, title: str = "", redraw_every: int = 1):
+    def __init__(self, title: str = "", redraw_every: int = 1) -> None:
         import matplotlib.pyplot as plt
 
         self.title, self.redraw_every, self.records = title, redraw_every, []

@@ -130,3 +130,88 @@ def test_bad_arguments_give_one_line_errors(tmp_path, capsys):
     assert "no-run" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse: --steps and --minutes are alternatives
         main(["pretrain", "--steps", "3", "--minutes", "1"])
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--batch", "0", "--batch must be at least 1, got 0"),
+    ("--seq", "0", "--seq must be at least 1, got 0"),
+    ("--minutes", "0", "--minutes must be positive, got 0"),
+    ("--epochs", "-1", "--epochs must be positive, got -1"),
+    ("--threads", "0", "--threads must be at least 1, got 0"),
+    ("--accum", "0", "--accum must be at least 1, got 0"),
+])
+def test_bad_numbers_are_named_before_any_work(option, value, message, tmp_path, capsys):
+    # 0 used to fall back silently to the default (16 x 256, all threads); now it is refused, naming the option.
+    args = ["pretrain", "--preset", "tiny", "--no-progress", "--out", str(tmp_path / "x"), option, value]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+    assert not (tmp_path / "x").exists()  # refused before tokenizing or training
+
+
+def test_bad_data_files_name_the_file_and_line(tmp_path, capsys):
+    run = ["pretrain", *TINY, "--steps", "1", "--samples", "0", "--out", str(tmp_path / "x"), "--data"]
+    assert main([*run, str(tmp_path)]) == 2  # a folder, not a file
+    assert f"--data {tmp_path}: is a folder" in capsys.readouterr().err
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("Once upon a time, café\n".encode("latin-1"))
+    assert main([*run, str(latin1)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(latin1) in err and "UTF-8" in err
+    no_text = tmp_path / "no_text.jsonl"
+    no_text.write_text('{"text": "Once upon a time"}\n{"content": "a story"}\n', encoding="utf-8")
+    assert main([*run, str(no_text)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{no_text}:2" in err and '"text"' in err
+
+
+def test_generate_and_export_without_a_checkpoint_say_so(tmp_path, capsys):
+    empty = tmp_path / "empty-run"
+    empty.mkdir()
+    for command in (["generate", str(empty)], ["export", str(empty), str(tmp_path / "hf")]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(empty) in err and "no checkpoint" in err
+
+
+def test_plan_schedule_defaults_match_make_pretrain():
+    # What notebook 05 (full mode) and `make pretrain` share: a time budget on a CPU, epochs on a GPU.
+    from types import SimpleNamespace
+
+    from minimind_edu.pretrain import DEFAULT_CPU_MINUTES, plan_schedule
+
+    data = SimpleNamespace(n_tokens=32 * 100 + 1)  # exactly 100 windows of 32 tokens
+    assert plan_schedule("cpu", data, 4, 32) == {"time_budget_min": DEFAULT_CPU_MINUTES, "eval_every": 100,
+                                                 "save_every": 250}
+    on_gpu = plan_schedule("cuda", data, 4, 32)  # 2 epochs of 100 windows, 4 per step
+    assert on_gpu == {"max_steps": 50, "eval_every": 2, "save_every": 5, "warmup_steps": 5}
+    assert plan_schedule("cuda", data, 4, 32, world_size=2)["max_steps"] == 25  # each rank reads its own rows
+    assert plan_schedule("cpu", data, 4, 32, epochs=1)["max_steps"] == 25
+    assert plan_schedule("cpu", data, 4, 32, steps=7, minutes=3)["max_steps"] == 7
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--max-new-tokens", "-1", "--max-new-tokens must be at least 1, got -1"),
+    ("--temperature", "-1", "--temperature must be >= 0"),
+    ("--top-k", "-5", "--top-k must be >= 0"),
+    ("--top-p", "2", "--top-p must be in (0, 1], got 2"),
+    ("--device", "bogus", "--device bogus:"),
+])
+def test_bad_sampling_options_fail_before_any_output(option, value, message, run_dir, capsys):
+    assert main(["generate", str(run_dir), "--prompt", "Once", option, value]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1 and message in captured.err
+
+
+def test_pretrain_names_a_bad_device(tmp_path, capsys):
+    args = ["pretrain", "--preset", "tiny", "--device", "bogus", "--steps", "1", "--out", str(tmp_path / "x")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--device bogus:" in err
+
+
+def test_export_refuses_to_overwrite_its_own_checkpoint(run_dir, capsys):
+    checkpoint = resolve_checkpoint(run_dir)
+    assert main(["export", str(run_dir), str(checkpoint)]) == 2
+    assert "that is the checkpoint being exported" in capsys.readouterr().err
+    assert not (checkpoint / "config.json").exists() or "architectures" not in (checkpoint / "config.json").read_text()

@@ -95,3 +95,18 @@ def test_plot_metrics(tmp_path):
     ax = plot_metrics(records, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").exists()
     assert [line.get_label() for line in ax.get_lines()] == ["train loss", "validation loss"]
+
+
+def test_the_figures_in_the_module_docstring():
+    # evaluate.py quotes these for the shipped validation split: tokens per character and gzip's bits per byte.
+    import gzip
+
+    from minimind_edu.corpus import documents_by_language
+
+    tok = get_default_tokenizer()
+    docs = documents_by_language("valid")
+    per_char = {lang: sum(len(tok.encode(d, add_special_tokens=False).ids) for d in texts) / sum(map(len, texts))
+                for lang, texts in docs.items()}
+    assert round(per_char["zh"], 2) == 0.99 and round(per_char["en"], 2) == 0.26
+    en = "\n".join(docs["en"]).encode("utf-8")
+    assert round(len(gzip.compress(en, 9)) * 8 / len(en), 1) == 2.4
