@@ -50,19 +50,25 @@ def grid() -> list[tuple[str, object, int, int, str, str, bool, str]]:
     return points
 
 
-def run(points, device: str) -> list[dict]:
+def run(points, device: str, estimate_device: str | None = None) -> list[dict]:
+    """Measure and estimate each point; ``estimate_device`` (default: ``device``) picks the estimator's model.
+
+    On CUDA the rows also carry the reserved and driver-view peaks and the estimate with its overhead."""
     rows = []
     for name, cfg, batch, seq, attention, precision, ckpt, opt in points:
         start = time.perf_counter()
         m = measure(cfg, batch, seq, precision=precision, attention=attention, checkpointing=ckpt,
                     optimizer=opt, device=device)
         e = estimate(cfg, batch, seq, precision=precision, attention=attention, checkpointing=ckpt,
-                     optimizer=opt, device=device)
+                     optimizer=opt, device=estimate_device or device)
         rel = (e.peak_bytes - m.peak_bytes) / m.peak_bytes if m.fits else float("nan")
         rows.append({"model": name, "hidden": cfg.hidden_size, "layers": cfg.num_layers, "batch": batch,
                      "seq_len": seq, "attention": attention, "precision": precision, "checkpointing": ckpt,
                      "optimizer": opt, "estimated_bytes": e.peak_bytes, "measured_bytes": m.peak_bytes if m.fits else "",
                      "relative_error": f"{rel:.5f}", "estimated_phase": e.peak_phase,
+                     "reserved_bytes": m.reserved_bytes if m.reserved_bytes is not None else "",
+                     "driver_bytes": m.driver_bytes if m.driver_bytes is not None else "",
+                     "estimated_total_with_overhead": e.total_with_overhead, "fits": m.fits,
                      "seconds": f"{time.perf_counter() - start:.2f}"})
         print(f"{name:16} b{batch:<3} t{seq:<5} {attention:5} {precision} ckpt={ckpt!s:5} {opt:5}  "
               f"est {e.peak_bytes / 2**20:9.1f} MiB  meas {m.peak_bytes / 2**20:9.1f} MiB  {rel:+.3%}", flush=True)
@@ -75,7 +81,7 @@ def write(rows: list[dict], csv_path: Path, png_path: Path | None, title: str) -
             r["relative_error"] = f"{(r['estimated_bytes'] - r['measured_bytes']) / r['measured_bytes']:.3e}"
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     if png_path is None:

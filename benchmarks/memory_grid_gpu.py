@@ -15,13 +15,11 @@ from __future__ import annotations
 import argparse
 import csv
 import re
-import time
 from pathlib import Path
 
 import torch
 
-from memory_grid import RESULTS, grid  # same folder
-from minimind_edu.memory import estimate, measure
+from memory_grid import RESULTS, grid, run  # same folder
 
 FIELDS = ["gpu", "model", "hidden", "layers", "batch", "seq_len", "attention", "precision", "checkpointing",
           "optimizer", "estimated_bytes", "measured_bytes", "relative_error", "reserved_bytes", "driver_bytes",
@@ -40,28 +38,11 @@ def main() -> None:
             raise SystemExit("no CUDA device: run on a machine with a GPU, or use --dry-run")
         device, gpu_name, points = "cuda", torch.cuda.get_device_name(0), grid()
     slug = re.sub(r"[^a-z0-9]+", "-", gpu_name.lower()).strip("-")
-    rows = []
-    for name, cfg, batch, seq, attention, precision, ckpt, opt in points:
-        start = time.perf_counter()
-        m = measure(cfg, batch, seq, precision=precision, attention=attention, checkpointing=ckpt,
-                    optimizer=opt, device=device)
-        e = estimate(cfg, batch, seq, precision=precision, attention=attention, checkpointing=ckpt,
-                     optimizer=opt, device="cuda")
-        rel = (e.peak_bytes - m.peak_bytes) / m.peak_bytes if m.fits else float("nan")
-        rows.append({"gpu": gpu_name, "model": name, "hidden": cfg.hidden_size, "layers": cfg.num_layers,
-                     "batch": batch, "seq_len": seq, "attention": attention, "precision": precision,
-                     "checkpointing": ckpt, "optimizer": opt, "estimated_bytes": e.peak_bytes,
-                     "measured_bytes": m.peak_bytes, "relative_error": f"{rel:.5f}",
-                     "reserved_bytes": m.reserved_bytes if m.reserved_bytes is not None else "",
-                     "driver_bytes": m.driver_bytes if m.driver_bytes is not None else "",
-                     "estimated_total_with_overhead": e.total_with_overhead, "fits": m.fits,
-                     "seconds": f"{time.perf_counter() - start:.2f}"})
-        print(f"{name:16} b{batch:<3} t{seq:<5} {attention:5} {precision} ckpt={ckpt!s:5}  est {e.peak_bytes / 2**20:9.1f} "
-              f"MiB  meas {m.peak_bytes / 2**20:9.1f} MiB  {rel:+.2%}", flush=True)
+    rows = [{"gpu": gpu_name, **row} for row in run(points, device, estimate_device="cuda")]
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"memory_grid_{slug}.csv"
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     print(f"wrote {path}")
