@@ -215,3 +215,29 @@ def test_export_refuses_to_overwrite_its_own_checkpoint(run_dir, capsys):
     assert main(["export", str(run_dir), str(checkpoint)]) == 2
     assert "that is the checkpoint being exported" in capsys.readouterr().err
     assert not (checkpoint / "config.json").exists() or "architectures" not in (checkpoint / "config.json").read_text()
+
+
+def test_the_same_command_under_torchrun_equals_one_process(corpus, tmp_path):
+    """`torchrun --nproc_per_node 2 -m minimind_edu.cli pretrain` (gloo on CPU): --batch is per process, so
+    2 x 2 sequences per step must give the losses of one process with 4, and only rank 0 writes records."""
+    import os
+    import subprocess
+    import sys
+
+    common = ["--preset", "tiny", "--seq", "32", "--device", "cpu", "--no-progress", "--log-every", "1",
+              "--precision", "fp32", "--data", str(corpus), "--steps", "3", "--eval-every", "3",
+              "--save-every", "3", "--samples", "0", "--threads", "1"]
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    assert main(["pretrain", *common, "--batch", "4", "--out", str(single)]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "minimind_edu.cli", "pretrain", *common, "--batch", "2", "--out", str(ddp)],
+        env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = read_metrics(single), read_metrics(ddp)
+    assert [r["step"] for r in b] == [r["step"] for r in a] == [1, 2, 3]  # rank 0 alone wrote the file
+    assert [r["tokens"] for r in b] == [r["tokens"] for r in a] == [128, 256, 384]
+    torch.testing.assert_close([r["loss"] for r in b], [r["loss"] for r in a], rtol=1e-5, atol=1e-6)
+    summary = json.loads((ddp / "summary.json").read_text(encoding="utf-8"))
+    assert summary["tokens"] == 384
