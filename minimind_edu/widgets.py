@@ -84,7 +84,7 @@ def fit_text(state: ExplorerState) -> str:
                          checkpointing=state.checkpointing)
     verdict = "fits" if est.total_with_overhead <= card.memory_bytes else "does NOT fit"
     return (f"batch {state.batch} x {state.seq_len}: {est.total_with_overhead / GiB:.1f} GiB -> {verdict} on "
-            f"{card.name} ({card.memory_gb:.0f} GB); largest batch that fits: {best} (peak in {est.peak_phase})")
+            f"{card.name}; largest batch that fits: {best} (peak in {est.peak_phase})")
 
 
 AXES = (("batch", "batch size"), ("seq_len", "sequence length (tokens)"), ("layers", "layers"))
@@ -94,8 +94,8 @@ def draw(state: ExplorerState, fig: Figure | None = None, measured: list[tuple[E
          legends: bool = True) -> tuple[Figure, dict]:
     """Paint the four panels for ``state`` onto ``fig`` (a new figure if None); returns (fig, plot_data).
 
-    ``legends=False`` leaves matplotlib legends out (they are a large share of the render time); the
-    explorer shows :func:`legend_html` beside the picture instead."""
+    ``legends=False`` is the explorer's picture: no matplotlib legends (a large share of the render time) and no
+    title, because the explorer shows :func:`legend_html` and :func:`fit_text` as text above the picture."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
 
@@ -125,10 +125,10 @@ def draw(state: ExplorerState, fig: Figure | None = None, measured: list[tuple[E
     artists["layers"][0].xaxis.set_major_locator(FixedLocator([1, 8, 16, 24, 32]))
     artists["bar"] = axes[1, 1]
     artists["legends"] = legends
-    artists["title"] = fig.suptitle("", fontsize=10)
+    artists["title"] = fig.suptitle("", fontsize=10) if legends else None
     fig._memory_artists = artists  # the explorer updates these in place: much faster than rebuilding
     data = update(fig, state, measured)
-    fig.tight_layout(rect=(0, 0, 1, 0.95))  # once, with real ticks and labels in place
+    fig.tight_layout(rect=(0, 0, 1, 0.95 if legends else 1))  # once, with real ticks and labels in place
     return fig, data
 
 
@@ -170,8 +170,10 @@ def update(fig: Figure, state: ExplorerState, measured: list[tuple[ExplorerState
     if artists["legends"]:
         bar.legend(fontsize=7, loc="upper right")
     bar.set_title("breakdown at the current point (GiB)", fontsize=9)
-    artists["title"].set_text(fit_text(state))
-    return {**data, "breakdown": parts, "capacity": cap}
+    text = fit_text(state)
+    if artists["title"] is not None:
+        artists["title"].set_text(text)
+    return {**data, "breakdown": parts, "capacity": cap, "fit_text": text}
 
 
 def render_png(fig: Figure) -> bytes:
@@ -187,18 +189,23 @@ def render_png(fig: Figure) -> bytes:
 
 
 def legend_html(parts: dict[str, float]) -> str:
-    """What the plots' legends would say, as HTML: line styles, and the breakdown with the bar's colours."""
-    import matplotlib
+    """What the plots' legends would say, as HTML: the line styles, then the breakdown in the bar's colours.
 
-    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
-    rows = "".join(
-        f"<tr><td><span style='color:{colors[j % len(colors)]}'>&#9632;</span> {name}</td>"
-        f"<td style='text-align:right'>{gib:.2f} GiB</td></tr>"
+    Laid out as two wrapping lines, to sit above the picture: beside it, a narrow notebook squeezes it to an
+    unreadable column (seen in JupyterLab, tests/e2e)."""
+    import matplotlib
+    from matplotlib.colors import to_hex
+
+    # to_hex: the colour cycle may hold RGB tuples (e.g. after a style sheet), which CSS does not understand
+    colors = [to_hex(c) for c in matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]]
+    items = " &nbsp; ".join(
+        f"<span style='white-space:nowrap'><span style='color:{colors[j % len(colors)]}'>&#9632;</span> "
+        f"{name.replace('_', ' ')} {gib:.2f}</span>"
         for j, (name, gib) in enumerate(parts.items())
     )
-    return ("<small>solid: allocated (estimate) &middot; dashed: + CUDA overhead (approx.) &middot; "
-            "red dot: current point &middot; green x: measured &middot; black line: the card's memory</small>"
-            f"<table>{rows}</table>")
+    return ("<div style='line-height:1.5'><small>solid: allocated (estimate) &middot; dashed: + CUDA overhead "
+            "(approx.) &middot; red dot: current point &middot; green x: measured &middot; black line: the card's "
+            f"memory</small><br><small><b>breakdown (GiB):</b> {items}</small></div>")
 
 
 class MemoryExplorer:
@@ -220,7 +227,8 @@ class MemoryExplorer:
             "layers": w.IntSlider(value=s.layers, min=1, max=32, description="layers", **opts),
             "hidden": w.SelectionSlider(options=_axis_values(HIDDEN_SIZES, s.hidden), value=s.hidden, description="hidden", **opts),
             "precision": w.Dropdown(options=["bf16", "fp16", "fp32"], value=s.precision, description="precision"),
-            "attention": w.ToggleButtons(options=["sdpa", "naive"], value=s.attention, description="attention"),
+            # a dropdown, not toggle buttons: ToggleButtons puts its description on a line of its own
+            "attention": w.Dropdown(options=["sdpa", "naive"], value=s.attention, description="attention"),
             "checkpointing": w.Checkbox(value=s.checkpointing, description="checkpointing"),
             "gpu": w.Dropdown(options=[(c.name, k) for k, c in GPU_PRESETS.items()], value=s.gpu, description="GPU"),
         }
@@ -228,7 +236,8 @@ class MemoryExplorer:
         self.fit_label = w.Label()
         self.status = w.Label()
         self.measured: list[tuple[ExplorerState, float]] = []
-        self.image = w.Image(format="png")
+        # max_width: in a narrow notebook the picture shrinks to fit instead of being cut off
+        self.image = w.Image(format="png", layout=w.Layout(max_width="100%", height="auto"))
         self.legend = w.HTML()
         # A bare Agg figure (not pyplot's): nothing is shown twice in a notebook, and we render it ourselves.
         self.figure = Figure(figsize=(12, 7.5), dpi=72)
@@ -238,8 +247,8 @@ class MemoryExplorer:
             slider.observe(self._on_change, names="value")
         self.measure_button.on_click(self._on_measure)
         self.widget = w.VBox([w.HBox([w.VBox(list(self.sliders.values())[:4]), w.VBox(list(self.sliders.values())[4:])]),
-                              w.HBox([self.measure_button, self.status]), self.fit_label,
-                              w.HBox([self.image, self.legend])])
+                              w.HBox([self.measure_button, self.status]), self.fit_label, self.legend,
+                              self.image])
         self.redraw()
 
     def current_state(self) -> ExplorerState:
@@ -251,7 +260,7 @@ class MemoryExplorer:
             _, self.plot_data = draw(self.state, self.figure, self.measured, legends=False)
         else:
             self.plot_data = update(self.figure, self.state, self.measured)
-        self.fit_label.value = self.figure._memory_artists["title"].get_text()  # fit_text(state), made once
+        self.fit_label.value = self.plot_data["fit_text"]
         self.legend.value = legend_html(self.plot_data["breakdown"])
         self.image.value = render_png(self.figure)
 
@@ -268,7 +277,8 @@ class MemoryExplorer:
             predicted = estimate(s.config(), s.batch, s.seq_len, precision=s.precision,
                                  checkpointing=s.checkpointing, device=m.device).peak_bytes
             err = (predicted - m.peak_bytes) / m.peak_bytes
-            self.status.value = f"measured on {m.device}: {m.peak_bytes / GiB:.3f} GiB (estimate {err:+.1%})"
+            self.status.value = (f"measured on {m.device}: {m.peak_bytes / GiB:.3f} GiB allocated at the peak "
+                                 f"(estimate {err:+.1%}; the line below adds the CUDA overhead)")
         else:
             self.status.value = f"measured on {m.device}: {m.error}"
         self.redraw()

@@ -67,3 +67,18 @@ def test_curves_are_pure_and_mark_the_current_point():
     assert data["batch"]["current"] == 24 and 24 in data["batch"]["x"]
     assert data["layers"]["x"] == list(range(1, 33))
     assert curves(state) == data
+
+
+def test_legend_colours_are_css_even_when_the_colour_cycle_holds_rgb_tuples():
+    # Seen in JupyterLab (tests/e2e): a colour cycle of RGB tuples went into CSS as "color:(0.12, ...)",
+    # which browsers ignore, so every key square in the legend was black.
+    import matplotlib
+    from cycler import cycler
+
+    from minimind_edu.widgets import legend_html
+
+    parts = {"weights": 1.0, "activations": 2.5}
+    with matplotlib.rc_context({"axes.prop_cycle": cycler(color=[(0.0, 0.5, 1.0), (1.0, 0.0, 0.0)])}):
+        html = legend_html(parts)
+    assert "color:#0080ff" in html and "color:#ff0000" in html and "(0." not in html
+    assert "activations 2.50" in html
