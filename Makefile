@@ -2,6 +2,8 @@
 #   make test      install everything, then run the whole test suite (notebooks included, fast mode)
 #   make lab       install everything, then open JupyterLab at notebooks/
 #   make pretrain  install everything, then pretrain the course model from the command line
+#   make browser   install Chromium (Debian's package) for the browser tests in tests/e2e (needs root or sudo)
+#   make e2e       install everything and Chromium, then run only the browser tests
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -15,7 +17,7 @@ TORCH_INDEX ?=
 PYTEST_ARGS ?=
 PRETRAIN_ARGS ?=
 
-.PHONY: setup test lab pretrain clean
+.PHONY: setup test lab pretrain browser e2e readme-screenshot clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,5 +38,30 @@ lab: setup
 pretrain: setup
 	$(VENV)/bin/minimind-edu pretrain $(PRETRAIN_ARGS)
 
+# Chromium for tests/e2e (Playwright drives it; it never downloads a browser of its own). Without root or
+# sudo, or without apt, this says so and the browser tests are skipped with that reason.
+CHROMIUM ?= $(firstword $(wildcard /usr/bin/chromium) $(shell command -v chromium 2>/dev/null))
+SUDO     := $(if $(filter 0,$(shell id -u)),,$(shell command -v sudo 2>/dev/null && echo " -n"))
+browser:
+ifeq ($(CHROMIUM),)
+	@if command -v apt-get >/dev/null 2>&1 && { [ "$$(id -u)" = 0 ] || [ -n "$(SUDO)" ]; }; then \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium \
+		|| echo "make browser: installing chromium failed; the browser tests (tests/e2e) will be skipped"; \
+	else \
+		echo "make browser: cannot install chromium here (needs apt-get and root or sudo); install Chromium yourself" \
+		     "or set MINIMIND_EDU_CHROMIUM=/path/to/chromium, else the browser tests (tests/e2e) are skipped"; \
+	fi
+else
+	@echo "make browser: Chromium is at $(CHROMIUM)"
+endif
+
+e2e: setup browser
+	MINIMIND_EDU_FAST=1 OMP_NUM_THREADS=1 $(PY) -m pytest tests/e2e -v $(PYTEST_ARGS)
+
+# Refresh the README's JupyterLab screenshot from the browser test's artifacts.
+readme-screenshot: setup browser
+	MINIMIND_EDU_FAST=1 OMP_NUM_THREADS=1 $(PY) -m pytest tests/e2e -k memory_explorer -q
+	cp test-artifacts/e2e/03_memory-explorer-jupyterlab.png docs/images/memory_explorer_jupyterlab.png
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache test-artifacts

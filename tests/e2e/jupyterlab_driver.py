@@ -1,0 +1,250 @@
+"""Drive the course as a learner meets it: a real JupyterLab server and headless Chromium (via Playwright).
+
+Nothing here touches the committed notebooks: the server's root is a scratch folder holding copies, so what
+the browser runs and saves (outputs included) stays out of the repository.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+REPO = Path(__file__).resolve().parents[2]
+NOTEBOOKS = REPO / "notebooks"
+# Debian's chromium talks to Google at start-up unless told not to; on a closed network that means a burst of
+# refused connections and slow starts. These are the flags the machine's own probe uses.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run", "--disable-quic",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# JupyterLab settings for a quiet, reproducible session: no "get news?" pop-up over the notebook.
+LAB_SETTINGS = {"@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false"}}
+
+
+def find_chromium() -> tuple[str | None, str]:
+    """(path to a Chromium binary, or None; and why not). ``MINIMIND_EDU_CHROMIUM``, when set, is the only
+    place looked at."""
+    chosen = os.environ.get("MINIMIND_EDU_CHROMIUM")
+    if chosen:
+        if os.access(chosen, os.X_OK):
+            return chosen, ""
+        return None, f"MINIMIND_EDU_CHROMIUM={chosen} is not an executable file; point it at a Chromium binary"
+    for path in filter(None, ["/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser")]):
+        if os.access(path, os.X_OK):
+            return path, ""
+    return None, ("no Chromium found (looked at /usr/bin/chromium and PATH): install it with `make browser` "
+                  "(Debian/Ubuntu: apt-get install chromium) or set MINIMIND_EDU_CHROMIUM=/path/to/chromium")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class JupyterLab:
+    """A JupyterLab server on a free localhost port with a random token, serving copies of the notebooks."""
+
+    def __init__(self, workdir: Path, env: dict[str, str] | None = None):
+        self.workdir = Path(workdir)
+        self.root = self.workdir / "notebooks"
+        self.port = free_port()
+        self.token = secrets.token_hex(16)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.extra_env = env  # the server's (and so the kernels') environment; None: this process's
+        self.log_path = self.workdir / "jupyterlab.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 120) -> None:
+        shutil.copytree(NOTEBOOKS, self.root, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+        settings = self.workdir / "lab-settings"
+        for name, values in LAB_SETTINGS.items():
+            (settings / name).parent.mkdir(parents=True, exist_ok=True)
+            (settings / name).write_text(json.dumps(values))
+        env = {**(self.extra_env or os.environ),
+               # a private config and runtime: the learner's own Jupyter settings and kernels stay out of it
+               "JUPYTER_CONFIG_DIR": str(self.workdir / "config"), "JUPYTER_RUNTIME_DIR": str(self.workdir / "runtime")}
+        cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={self.port}",
+               f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={self.root}",
+               f"--LabApp.user_settings_dir={settings}", f"--LabApp.workspaces_dir={self.workdir / 'workspaces'}",
+               "--ServerApp.allow_root=True"]  # CI machines run as root
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.root)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"JupyterLab exited with code {self.proc.returncode}:\n{self.log_text()}")
+            try:
+                self.api("status")
+                return
+            except (urllib.error.URLError, ConnectionError, OSError):
+                time.sleep(0.3)
+        raise TimeoutError(f"JupyterLab did not answer on {self.url} within {timeout:.0f} s:\n{self.log_text()}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc:
+            self.log.close()
+
+    def log_text(self, tail: int = 4000) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")[-tail:]
+
+    def api(self, path: str) -> dict:
+        req = urllib.request.Request(f"{self.url}/api/{path}", headers={"Authorization": f"token {self.token}"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return json.load(r)
+
+    def saved_notebook(self, name: str) -> dict:
+        """The notebook as JupyterLab last saved it (outputs included)."""
+        return self.api(f"contents/{name}?content=1")["content"]
+
+    def shutdown_kernels(self) -> None:
+        for session in self.api("sessions"):
+            req = urllib.request.Request(f"{self.url}/api/sessions/{session['id']}", method="DELETE",
+                                         headers={"Authorization": f"token {self.token}"})
+            urllib.request.urlopen(req, timeout=30).close()
+
+    def lab_url(self, name: str) -> str:
+        return f"{self.url}/lab/tree/{name}?token={self.token}&reset"  # ?reset: no restored layout
+
+
+@contextmanager
+def running_lab(workdir: Path, env: dict[str, str] | None = None) -> Iterator[JupyterLab]:
+    lab = JupyterLab(workdir, env)
+    try:
+        lab.start()
+        yield lab
+    finally:
+        lab.stop()
+
+
+def error_outputs(nb: dict) -> list[str]:
+    """Every error output (an exception's traceback) in a saved notebook, as '[cell i] Name: value'."""
+    return [f"[cell {i}] {o.get('ename')}: {o.get('evalue')}"
+            for i, cell in enumerate(nb["cells"]) for o in cell.get("outputs", []) if o["output_type"] == "error"]
+
+
+def unexecuted_cells(nb: dict) -> list[int]:
+    """Code cells that did not run (no execution count), by index."""
+    return [i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code" and c.get("execution_count") is None]
+
+
+class NotebookPage:
+    """One notebook open in JupyterLab in a Playwright page, with the learner's actions as methods."""
+
+    def __init__(self, page, lab: JupyterLab, name: str):
+        self.page, self.lab, self.name = page, lab, name
+        self.console: list[str] = []
+        page.on("console", lambda m: self.console.append(f"{m.type}: {m.text}"))
+        page.on("pageerror", lambda e: self.console.append(f"pageerror: {e}"))
+
+    def open(self, timeout_ms: int = 120_000) -> None:
+        self.page.goto(self.lab.lab_url(self.name))
+        self.page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=timeout_ms)
+        self.wait_kernel_idle(timeout_ms)
+
+    def wait_kernel_idle(self, timeout_ms: int) -> None:
+        """Wait for the status bar to say 'Python 3 (ipykernel) | Idle': the kernel is up and not busy.
+        (The toolbar's execution indicator reads idle before the kernel has even started.)"""
+        self.page.wait_for_function(
+            "() => /\\|\\s*Idle/.test(document.querySelector('.jp-StatusBar-Widget')?.innerText ?? '')",
+            timeout=timeout_ms, polling=250)
+
+    def run_all(self, timeout_ms: int) -> float:
+        """Run > Run All Cells, as a learner would, and wait until no cell is queued or running; returns seconds."""
+        t0 = time.monotonic()
+        self.page.click(".lm-MenuBar-itemLabel:text-is('Run')")
+        self.page.click("li[data-command='runmenu:run-all']")
+        # A code prompt reads '[*]:' while queued or running and '[n]:' once done: wait for the run to start,
+        # then for no '*' to be left.
+        prompts = "[...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].map(p => p.textContent)"
+        self.page.wait_for_function(f"() => {prompts}.some(t => /\\[(\\*|\\d+)\\]/.test(t))", timeout=30_000)
+        self.page.wait_for_function(f"() => !{prompts}.some(t => t.includes('*'))", timeout=timeout_ms, polling=500)
+        self.wait_kernel_idle(timeout_ms)
+        return time.monotonic() - t0
+
+    def save(self) -> dict:
+        """Save from the browser (Ctrl+S) and return the saved notebook as JupyterLab wrote it."""
+        before = self.lab.api(f"contents/{self.name}")["last_modified"]
+        self.page.keyboard.press("Control+s")
+        deadline = time.monotonic() + 30
+        while self.lab.api(f"contents/{self.name}")["last_modified"] == before:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name}: saving from the browser did not write the file within 30 s")
+            time.sleep(0.2)
+        return self.lab.saved_notebook(self.name)
+
+    def widget_errors(self) -> list[str]:
+        """Widgets the front end could not render (e.g. a missing ipywidgets extension shows this text)."""
+        texts = self.page.locator(".jp-OutputArea-output").all_inner_texts()
+        return [t[:200] for t in texts if "Error displaying widget" in t or "Failed to load model class" in t]
+
+    def screenshot(self, path: Path, locator=None) -> bytes:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        target = locator if locator is not None else self.page
+        return target.screenshot(path=str(path))
+
+
+def launch_chromium(playwright, executable: str):
+    return playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
+
+
+def png_pixels(png: bytes):
+    """A screenshot as an (H, W, 3) uint8 array."""
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+class Slider:
+    """An ipywidgets slider in the page, found by its description, moved with the mouse and the arrow keys."""
+
+    def __init__(self, page, scope, description: str):
+        self.page = page
+        self.root = scope.locator(".widget-slider").filter(
+            has=page.locator(f"label.widget-label:text-is('{description}')"))
+        self.handle = self.root.locator(".noUi-handle")
+        self.track = self.root.locator(".noUi-base")
+        self.readout = self.root.locator(".widget-readout")
+
+    def value(self) -> str:
+        return self.readout.inner_text().strip()
+
+    def drag_to(self, fraction: float) -> None:
+        """Press the mouse on the handle, move it to ``fraction`` of the track, release (a learner's drag)."""
+        self.track.scroll_into_view_if_needed()  # the mouse only reaches what is on screen
+        h, t = self.handle.bounding_box(), self.track.bounding_box()
+        self.page.mouse.move(h["x"] + h["width"] / 2, h["y"] + h["height"] / 2)
+        self.page.mouse.down()
+        x = t["x"] + fraction * t["width"]
+        self.page.mouse.move(x, h["y"] + h["height"] / 2, steps=8)
+        self.page.mouse.up()
+
+    def set(self, value: float, max_keys: int = 40) -> None:
+        """Step to exactly ``value`` (a number) with the arrow keys, as a learner fine-tunes a slider."""
+        for _ in range(max_keys):
+            now = self.value()
+            if float(now) == value:
+                return
+            self.handle.focus()
+            self.page.keyboard.press("ArrowRight" if float(now) < value else "ArrowLeft")
+            self.page.wait_for_function("([el, old]) => el.textContent.trim() !== old",
+                                        arg=[self.readout.element_handle(), now], timeout=5_000)
+        raise AssertionError(f"slider did not reach {value} in {max_keys} key presses (at {self.value()})")

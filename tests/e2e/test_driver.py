@@ -1,0 +1,34 @@
+"""The browser harness itself, without a browser: where Chromium is missing the e2e tests say why."""
+import json
+import os
+import subprocess
+import sys
+
+from jupyterlab_driver import REPO, error_outputs, find_chromium, unexecuted_cells
+
+
+def test_a_missing_chromium_gives_a_reason_naming_the_fix(monkeypatch):
+    monkeypatch.setenv("MINIMIND_EDU_CHROMIUM", "/nonexistent/chromium")
+    path, why = find_chromium()
+    assert path is None and "/nonexistent/chromium" in why and "MINIMIND_EDU_CHROMIUM" in why
+
+
+def test_without_chromium_the_browser_tests_are_skipped_with_the_reason(tmp_path):
+    env = {**os.environ, "MINIMIND_EDU_CHROMIUM": str(tmp_path / "no-chromium")}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist", "-rs", "-q",
+                          "tests/e2e/test_jupyterlab.py"], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "6 skipped" in run.stdout and "no-chromium is not an executable file" in run.stdout, run.stdout
+
+
+def test_saved_notebook_checks_find_errors_and_cells_that_did_not_run():
+    nb = {"cells": [
+        {"cell_type": "markdown", "source": "# hi"},
+        {"cell_type": "code", "execution_count": 1, "outputs": [{"output_type": "stream", "text": "ok"}]},
+        {"cell_type": "code", "execution_count": 2,
+         "outputs": [{"output_type": "error", "ename": "ValueError", "evalue": "bad", "traceback": []}]},
+        {"cell_type": "code", "execution_count": None, "outputs": []},
+    ]}
+    assert error_outputs(json.loads(json.dumps(nb))) == ["[cell 2] ValueError: bad"]
+    assert unexecuted_cells(nb) == [3]
