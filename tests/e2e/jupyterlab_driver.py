@@ -190,6 +190,21 @@ class NotebookPage:
             time.sleep(0.2)
         return self.lab.saved_notebook(self.name)
 
+    def watch_images(self) -> None:
+        """Start recording every picture the page shows (each distinct <img> src), to tell a plot that is
+        redrawn in place, like a live loss curve, from one drawn once."""
+        self.page.evaluate("""() => {
+            window.__imagesSeen = new Set();
+            const note = n => { if (n.tagName === 'IMG' && n.src) window.__imagesSeen.add(n.src); };
+            new MutationObserver(changes => { for (const c of changes) {
+                if (c.type === 'attributes') note(c.target);
+                for (const n of c.addedNodes) if (n.querySelectorAll) { note(n); n.querySelectorAll('img').forEach(note); }
+            } }).observe(document.body, {subtree: true, childList: true, attributes: true, attributeFilter: ['src']});
+        }""")
+
+    def images_seen(self) -> int:
+        return self.page.evaluate("() => window.__imagesSeen.size")
+
     def widget_errors(self) -> list[str]:
         """Widgets the front end could not render (e.g. a missing ipywidgets extension shows this text)."""
         texts = self.page.locator(".jp-OutputArea-output").all_inner_texts()
