@@ -32,3 +32,13 @@ def test_saved_notebook_checks_find_errors_and_cells_that_did_not_run():
     ]}
     assert error_outputs(json.loads(json.dumps(nb))) == ["[cell 2] ValueError: bad"]
     assert unexecuted_cells(nb) == [3]
+
+
+def test_browser_redraw_benchmark_runs_and_writes_its_result(chromium, tmp_path):
+    out = tmp_path / "browser_redraw.json"
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "browser_redraw.py"), "--moves", "2",
+                           "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["moves"] == 2 and len(result["all_ms"]) == 2 and all(t > 0 for t in result["all_ms"])
+    assert result["chromium"]
