@@ -1,7 +1,9 @@
 """Sampling text from a MiniMind model: temperature, top-k, top-p, a KV cache, and a streaming form."""
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterator, Sequence
+from typing import TextIO
 
 import torch
 import torch.nn.functional as F
@@ -96,8 +98,9 @@ def stream_text_from_ids(
 ) -> Iterator[str]:
     """Yield pieces of decoded text as new tokens arrive after ``prompt_ids``; stops at EOS unless told otherwise.
 
-    A Chinese character is often 2 or 3 byte-level tokens; text is only yielded once its bytes are complete,
-    so a half character (shown as U+FFFD) is never printed.
+    A Chinese character is often 2 or 3 byte-level tokens; text is held back while it ends in an incomplete
+    character, so a character split over tokens appears once its last byte arrives. Bytes that can never form a
+    character (an undertrained model emits such sequences) decode to U+FFFD and are shown as that.
     """
     kwargs.setdefault("eos_token_id", EOS_ID)
     new_ids: list[int] = []
@@ -117,3 +120,54 @@ def stream_text(model: MiniMind, tokenizer: Tokenizer, prompt: str, max_new_toke
     """
     prompt_ids = [BOS_ID] + tokenizer.encode(prompt).ids
     yield from stream_text_from_ids(model, tokenizer, prompt_ids, max_new_tokens, **kwargs)
+
+
+class WrappedWriter:
+    """Writes streamed text to ``out``, starting a new line before ``width`` columns: at a space in English, at
+    any character in Chinese (which has no spaces; a CJK character is two columns wide in a terminal or notebook).
+
+    Notebooks wrap long output lines in the middle of words; this keeps generated text readable as it streams.
+    Words are written whole, so the text appears a word at a time."""
+
+    def __init__(self, out: TextIO, width: int = 100, column: int = 0):
+        self.out, self.width, self.column = out, width, column
+        self.word, self.space = "", False  # the word being received; a space waiting to be written before it
+
+    @staticmethod
+    def _columns(text: str) -> int:
+        return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+    def _put(self, text: str) -> None:
+        n = self._columns(text) + self.space
+        if self.column > 0 and self.column + n > self.width:
+            self.out.write("\n")  # a waiting space becomes the line break
+            self.column, self.space = 0, False
+        self.out.write(" " * self.space + text)
+        self.column += self._columns(text) + self.space
+        self.space = False
+
+    def _flush_word(self) -> None:
+        if self.word:
+            self._put(self.word)
+            self.word = ""
+
+    def write(self, text: str) -> None:
+        for ch in text:
+            if ch == "\n":
+                self._flush_word()
+                self.out.write(ch)
+                self.column, self.space = 0, False
+            elif ch == " ":
+                self._flush_word()
+                self.space = self.column > 0
+            elif self._columns(ch) == 2:
+                self._flush_word()
+                self._put(ch)
+            else:
+                self.word += ch
+        self.out.flush()
+
+    def flush(self) -> None:
+        self._flush_word()
+        self.out.flush()
+

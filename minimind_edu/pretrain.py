@@ -33,7 +33,7 @@ from tokenizers import Tokenizer
 from .checkpoint import resolve_checkpoint
 from .data import TokenData, load_splits
 from .evaluate import evaluate_by_language, format_results
-from .generate import stream_text, stream_text_from_ids
+from .generate import WrappedWriter, stream_text, stream_text_from_ids
 from .model import MiniMind
 from .tokenizer import apply_chat_template, default_tokenizer_dir, load_tokenizer
 from .train import TrainConfig, Trainer, load_model, resolve_device, resolve_precision
@@ -122,20 +122,22 @@ def print_samples(
     seed: int | None = 0,
     out: TextIO | None = None,
     top_p: float | None = None,
+    width: int = 100,
 ) -> dict[str, str]:
-    """Stream a continuation of each prompt to ``out`` (stdout); returns {prompt: continuation}."""
+    """Stream a continuation of each prompt to ``out`` (stdout), lines wrapped before ``width`` columns;
+    returns {prompt: continuation}."""
     out = out or sys.stdout
     samples = {}
     for lang, texts in (prompts or SAMPLE_PROMPTS).items():
         for prompt in texts:
-            out.write(f"[{lang}] {prompt}")
-            out.flush()
+            writer = WrappedWriter(out, width)
+            writer.write(f"[{lang}] {prompt}")
             pieces = []
             for piece in stream_text(model, tokenizer, prompt, max_new_tokens, temperature=temperature, top_k=top_k,
                                      top_p=top_p, seed=seed):
                 pieces.append(piece)
-                out.write(piece)
-                out.flush()
+                writer.write(piece)
+            writer.flush()
             out.write("\n\n")
             samples[prompt] = "".join(pieces)
     return samples

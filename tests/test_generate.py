@@ -41,3 +41,38 @@ def test_stream_text_starts_the_prompt_with_bos():
     model = Scripted([EOS_ID])
     assert list(stream_text(model, tok, "Once upon a time", temperature=0)) == []
     assert model.inputs[0] == [BOS_ID] + tok.encode("Once upon a time").ids
+
+
+def test_wrapped_writer_breaks_english_at_spaces_and_chinese_anywhere():
+    import io
+
+    from minimind_edu.generate import WrappedWriter
+
+    out = io.StringIO()
+    w = WrappedWriter(out, width=20)
+    text = "Once upon a time there was a little girl named Lily who loved the park."
+    for i in range(0, len(text), 3):  # streamed in small pieces, cutting words
+        w.write(text[i:i + 3])
+    w.flush()
+    lines = out.getvalue().split("\n")
+    assert lines == ["Once upon a time", "there was a little", "girl named Lily who", "loved the park."]
+    assert " ".join(lines) == text  # only spaces became line breaks: no word was cut
+
+    out = io.StringIO()
+    w = WrappedWriter(out, width=10, column=4)  # after a 4-column prompt
+    w.write("床前明月光，疑是地上霜。")  # 12 characters, 2 columns each
+    w.flush()
+    assert out.getvalue().split("\n") == ["床前明", "月光，疑是", "地上霜。"]
+
+
+def test_print_samples_wraps_long_continuations(monkeypatch):
+    import io
+
+    from minimind_edu import pretrain
+
+    monkeypatch.setattr(pretrain, "stream_text", lambda *a, **k: iter([" word"] * 50))
+    out = io.StringIO()
+    samples = pretrain.print_samples(None, None, {"en": ["Once"]}, out=out, width=40)
+    assert samples == {"Once": " word" * 50}
+    lines = out.getvalue().strip().split("\n")
+    assert len(lines) > 5 and max(map(len, lines)) <= 40 and lines[0].startswith("[en] Once word")
