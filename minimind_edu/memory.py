@@ -418,18 +418,28 @@ def largest_batch(model_config: ModelConfig, seq_len: int, gpu: str | GPUCard | 
     return lo
 
 
-def format_table(est: MemoryEstimate, measured_bytes: int | None = None) -> str:
-    """The breakdown as a text table (MiB), optionally with a measured peak and the relative error."""
-    lines = [f"{'term':<24}{'MiB':>12}  what it is", "-" * 100]
+def format_table(est: MemoryEstimate, measured_bytes: int | None = None, width: int = 100) -> str:
+    """The breakdown as a text table (MiB), optionally with a measured peak and the relative error.
+
+    Lines are at most ``width`` characters: the explanations wrap under their column, because a notebook's output
+    area (JupyterLab on a laptop: about 110 characters) would otherwise break them in the middle of words."""
+    import textwrap
+
+    indent = " " * 34
+
+    def row(term: str, nbytes: float, what: str) -> str:
+        return textwrap.fill(f"{term:<22}{nbytes / MiB:>10.1f}  {what}", width=width, subsequent_indent=indent)
+
+    lines = [f"{'term':<22}{'MiB':>10}  what it is", "-" * width]
     for name, nbytes, why in est.explain():
         if name in est.overhead and name == next(iter(est.overhead)):
-            lines.append(f"{'peak allocated':<24}{est.peak_bytes / MiB:>12.1f}  at the {est.peak_phase} phase")
-        lines.append(f"{name:<24}{nbytes / MiB:>12.1f}  {why}")
+            lines.append(row("peak allocated", est.peak_bytes, f"at the {est.peak_phase} phase"))
+        lines.append(row(name, nbytes, why))
     if not est.overhead:
-        lines.append(f"{'peak allocated':<24}{est.peak_bytes / MiB:>12.1f}  at the {est.peak_phase} phase")
+        lines.append(row("peak allocated", est.peak_bytes, f"at the {est.peak_phase} phase"))
     else:
-        lines.append(f"{'total (nvidia-smi)':<24}{est.total_with_overhead / MiB:>12.1f}  peak + overhead (approximate)")
+        lines.append(row("total (nvidia-smi)", est.total_with_overhead, "peak + overhead (approximate)"))
     if measured_bytes is not None:
         err = (est.peak_bytes - measured_bytes) / measured_bytes
-        lines.append(f"{'measured peak':<24}{measured_bytes / MiB:>12.1f}  estimate is {err:+.2%} off")
+        lines.append(row("measured peak", measured_bytes, f"estimate is {err:+.2%} off"))
     return "\n".join(lines)

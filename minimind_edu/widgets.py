@@ -154,7 +154,8 @@ def update(fig: Figure, state: ExplorerState, measured: list[tuple[ExplorerState
         cap_line.set_label(card.name)
         span = max(d["x"]) - min(d["x"])
         ax.set_xlim(min(d["x"]) - 0.03 * span, max(d["x"]) + 0.03 * span)
-        ax.set_ylim(0, max(cap * 1.3, min(max(d["total"]), cap * 4)))
+        # 8% headroom over the dashed curve's top, so it does not run out of the frame; capped at 4 cards high
+        ax.set_ylim(0, max(cap * 1.3, min(max(d["total"]) * 1.08, cap * 4)))
     parts = breakdown(state.estimate())
     bar = artists["bar"]
     bar.clear()
