@@ -38,22 +38,22 @@ lab: setup
 pretrain: setup
 	$(VENV)/bin/minimind-edu pretrain $(PRETRAIN_ARGS)
 
-# Chromium for tests/e2e (Playwright drives it; it never downloads a browser of its own). Without root or
-# sudo, or without apt, this says so and the browser tests are skipped with that reason.
-CHROMIUM ?= $(firstword $(wildcard /usr/bin/chromium) $(shell command -v chromium 2>/dev/null))
-SUDO     := $(if $(filter 0,$(shell id -u)),,$(shell command -v sudo 2>/dev/null && echo " -n"))
+# Chromium for tests/e2e (Playwright drives it; it never downloads a browser of its own), and a CJK font so that
+# the screenshots show Chinese text, not boxes. Without apt and root or sudo, this says so and the browser tests
+# are skipped with that reason.
+BROWSER_PACKAGES := chromium fonts-wqy-microhei
+SUDO := $(if $(filter 0,$(shell id -u)),,$(shell command -v sudo >/dev/null 2>&1 && echo sudo -n))
 browser:
-ifeq ($(CHROMIUM),)
-	@if command -v apt-get >/dev/null 2>&1 && { [ "$$(id -u)" = 0 ] || [ -n "$(SUDO)" ]; }; then \
-		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium \
-		|| echo "make browser: installing chromium failed; the browser tests (tests/e2e) will be skipped"; \
+	@if command -v chromium >/dev/null 2>&1 && fc-list :lang=zh 2>/dev/null | grep -q .; then \
+		echo "make browser: Chromium and a CJK font are installed"; \
+	elif command -v apt-get >/dev/null 2>&1 && { [ "$$(id -u)" = 0 ] || [ -n "$(SUDO)" ]; }; then \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+			--no-install-recommends $(BROWSER_PACKAGES) \
+		|| echo "make browser: installing $(BROWSER_PACKAGES) failed; the browser tests (tests/e2e) will be skipped"; \
 	else \
-		echo "make browser: cannot install chromium here (needs apt-get and root or sudo); install Chromium yourself" \
-		     "or set MINIMIND_EDU_CHROMIUM=/path/to/chromium, else the browser tests (tests/e2e) are skipped"; \
+		echo "make browser: cannot install $(BROWSER_PACKAGES) here (needs apt-get and root or sudo). Install" \
+		     "Chromium yourself or set MINIMIND_EDU_CHROMIUM=/path/to/chromium, else tests/e2e is skipped"; \
 	fi
-else
-	@echo "make browser: Chromium is at $(CHROMIUM)"
-endif
 
 e2e: setup browser
 	MINIMIND_EDU_FAST=1 OMP_NUM_THREADS=1 $(PY) -m pytest tests/e2e -v $(PYTEST_ARGS)

@@ -140,6 +140,24 @@ def error_outputs(nb: dict) -> list[str]:
             for i, cell in enumerate(nb["cells"]) for o in cell.get("outputs", []) if o["output_type"] == "error"]
 
 
+def long_output_lines(nb: dict, limit: int) -> list[str]:
+    """Text output lines longer than ``limit`` characters, as '[cell i] (n chars) line...'. JupyterLab wraps
+    such lines wherever they reach the edge, in the middle of words and numbers."""
+    found = []
+    for i, cell in enumerate(nb["cells"]):
+        streams: dict[str, str] = {}
+        texts = []
+        for o in cell.get("outputs", []):
+            if o["output_type"] == "stream":  # one line can arrive as several stream messages
+                streams[o["name"]] = streams.get(o["name"], "") + "".join(o["text"])
+            elif o["output_type"] in ("execute_result", "display_data") and "text/html" not in o["data"] and not any(
+                    k.startswith("image/") or "widget" in k for k in o["data"]):
+                texts.append("".join(o["data"].get("text/plain", "")))
+        found += [f"[cell {i}] ({len(line)} chars) {line[:60]}..." for text in texts + list(streams.values())
+                  for line in text.split("\n") if len(line) > limit]
+    return found
+
+
 def unexecuted_cells(nb: dict) -> list[int]:
     """Code cells that did not run (no execution count), by index."""
     return [i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code" and c.get("execution_count") is None]
@@ -209,6 +227,22 @@ class NotebookPage:
         """Widgets the front end could not render (e.g. a missing ipywidgets extension shows this text)."""
         texts = self.page.locator(".jp-OutputArea-output").all_inner_texts()
         return [t[:200] for t in texts if "Error displaying widget" in t or "Failed to load model class" in t]
+
+    def screenshot_pages(self, folder: Path, stem: str, max_pages: int = 60) -> int:
+        """Scroll the notebook from top to bottom, one screenshot per screenful (for people to look through)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        scroller = self.page.locator(".jp-NotebookPanel .jp-WindowedPanel-outer").first
+        height = scroller.evaluate("el => el.clientHeight")
+        n, top = 0, 0
+        while n < max_pages:
+            scroller.evaluate("(el, top) => { el.scrollTop = top; }", top)
+            self.page.wait_for_timeout(250)  # let JupyterLab attach the cells now in view
+            self.page.screenshot(path=str(folder / f"{stem}-page-{n + 1:02d}.png"))
+            n += 1
+            top += int(height * 0.9)
+            if top >= scroller.evaluate("el => el.scrollHeight - el.clientHeight") + int(height * 0.9):
+                break
+        return n
 
     def screenshot(self, path: Path, locator=None) -> bytes:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from jupyterlab_driver import REPO, error_outputs, find_chromium, unexecuted_cells
+from jupyterlab_driver import REPO, error_outputs, find_chromium, long_output_lines, unexecuted_cells
 
 
 def test_a_missing_chromium_gives_a_reason_naming_the_fix(monkeypatch):
@@ -42,3 +42,14 @@ def test_browser_redraw_benchmark_runs_and_writes_its_result(chromium, tmp_path)
     result = json.loads(out.read_text())
     assert result["moves"] == 2 and len(result["all_ms"]) == 2 and all(t > 0 for t in result["all_ms"])
     assert result["chromium"]
+
+
+def test_long_output_lines_joins_stream_pieces_and_skips_pictures():
+    nb = {"cells": [{"cell_type": "code", "outputs": [
+        {"output_type": "stream", "name": "stdout", "text": "x" * 60},
+        {"output_type": "stream", "name": "stdout", "text": "y" * 60 + "\nshort\n"},  # one 120-char line
+        {"output_type": "display_data", "data": {"image/png": "...", "text/plain": "<Figure " + "z" * 200}},
+    ]}]}
+    assert long_output_lines(nb, 110) == ["[cell 0] (120 chars) " + "x" * 60 + "..."]
+    assert long_output_lines(nb, 120) == []
+

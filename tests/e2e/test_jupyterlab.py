@@ -12,12 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jupyterlab_driver import NOTEBOOKS, NotebookPage, Slider, error_outputs, png_pixels, unexecuted_cells
+from jupyterlab_driver import (NOTEBOOKS, NotebookPage, Slider, error_outputs, long_output_lines, png_pixels,
+                               unexecuted_cells)
 
 FAST = bool(__import__("os").environ.get("MINIMIND_EDU_FAST"))
 RUN_TIMEOUT_MS = (10 if FAST else 40) * 60_000
 # A laptop-sized window: what fits here fits a learner's screen.
 VIEWPORT = {"width": 1366, "height": 900}
+# At that width, with the file browser open, JupyterLab shows about 118 characters of a line of code or output.
+MAX_LINE = 110
 MATPLOTLIB_GREEN = np.array([44, 160, 44])  # "C2", the measured points' colour
 
 
@@ -45,6 +48,7 @@ def run_to_the_end(nb: NotebookPage) -> dict:
     saved = nb.save()
     assert error_outputs(saved) == [], f"{nb.name}: errors in the browser run"
     assert unexecuted_cells(saved) == [], f"{nb.name}: cells that did not run (Run All stopped early?)"
+    assert long_output_lines(saved, MAX_LINE) == [], f"{nb.name}: output lines the browser breaks mid-word"
     assert nb.widget_errors() == [], f"{nb.name}: widgets JupyterLab could not display"
     page_errors = [m for m in nb.console if m.startswith("pageerror")]
     assert page_errors == [], f"{nb.name}: uncaught errors in the page: {page_errors}"
@@ -57,7 +61,7 @@ def test_notebook_runs_to_the_end_in_jupyterlab(notebook, artifacts, name):
     nb = notebook(name)
     nb.watch_images()
     saved = run_to_the_end(nb)
-    nb.screenshot(artifacts / f"{Path(name).stem}-end.png")
+    nb.screenshot_pages(artifacts / "pages", Path(name).stem)
     # plots reach the browser as pictures: plt.show() in a kernel started by JupyterLab, not a headless backend
     images = [o for c in saved["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     source = "".join("".join(c["source"]) for c in saved["cells"])
