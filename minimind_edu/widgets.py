@@ -107,8 +107,9 @@ def draw(state: ExplorerState, fig: Figure | None = None, measured: list[tuple[E
     for ax, (axis, label) in zip((axes[0, 0], axes[0, 1], axes[1, 0]), AXES):
         allocated, = ax.plot([], [], "-", color="C0", label="allocated (estimate)")
         total, = ax.plot([], [], "--", color="C0", alpha=0.6, label="+ CUDA overhead (approx.)")
-        current, = ax.plot([], [], "o", color="C3", ms=8, label="current point")
-        measured_pts, = ax.plot([], [], "x", color="C2", ms=10, mew=2, label="measured")
+        current, = ax.plot([], [], "o", color="C3", ms=8, zorder=4, label="current point")
+        # drawn over the current point: right after "measure this point" the two coincide
+        measured_pts, = ax.plot([], [], "x", color="C2", ms=12, mew=2.5, zorder=5, label="measured")
         cap = ax.axhline(0, color="k", lw=1, label=f"{get_gpu(state.gpu).name} memory")
         if axis != "layers":
             # Linear axes on purpose: on a log x-axis a straight line (memory vs batch) looks exponential,
@@ -167,9 +168,17 @@ def update(fig: Figure, state: ExplorerState, measured: list[tuple[ExplorerState
     bar.set_xticks([])
     bar.set_ylabel("GiB")
     bar.set_xlim(-0.6, 2.2)
+    bar.set_ylim(0, max(bottom, cap) * 1.08)
     bar.yaxis.set_major_locator(MaxNLocator(5))
     if artists["legends"]:
         bar.legend(fontsize=7, loc="upper right")
+    else:  # no legend: name the segments beside the bar, those tall enough for a line of text
+        bar.text(2.15, cap, card.name, ha="right", va="bottom", fontsize=8)
+        y = 0.0
+        for name, gib in parts.items():
+            if gib >= 0.06 * max(bottom, cap) * 1.08:
+                bar.text(0.48, y + gib / 2, f"{name.replace('_', ' ')} {gib:.2f}", va="center", fontsize=8)
+            y += gib
     bar.set_title("breakdown at the current point (GiB)", fontsize=9)
     text = fit_text(state)
     if artists["title"] is not None:
