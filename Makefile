@@ -32,8 +32,9 @@ setup: $(VENV)/.installed
 test: setup
 	MINIMIND_EDU_FAST=1 MPLBACKEND=Agg OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile --nbval-lax $(PYTEST_ARGS)
 
+# As root (a container, a cloud VM) JupyterLab refuses to start unless told --allow-root.
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
 pretrain: setup
 	$(VENV)/bin/minimind-edu pretrain $(PRETRAIN_ARGS)

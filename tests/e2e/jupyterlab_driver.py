@@ -199,13 +199,21 @@ class NotebookPage:
 
     def save(self) -> dict:
         """Save from the browser (Ctrl+S) and return the saved notebook as JupyterLab wrote it."""
-        before = self.lab.api(f"contents/{self.name}")["last_modified"]
+        def modified() -> str:  # ?content=0: a stat, not a read of a file that may be half written
+            return self.lab.api(f"contents/{self.name}?content=0")["last_modified"]
+
+        before = modified()
         self.page.keyboard.press("Control+s")
-        deadline = time.monotonic() + 30
-        while self.lab.api(f"contents/{self.name}")["last_modified"] == before:
+        deadline = time.monotonic() + 60
+        while modified() == before:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name}: saving from the browser did not write the file within 30 s")
+                raise TimeoutError(f"{self.name}: saving from the browser did not write the file within 60 s")
             time.sleep(0.2)
+        # Jupyter's "atomic" save writes the file in place (a backup beside it guards against crashes), so a read
+        # during the write sees half a notebook: wait until the tab's unsaved-changes mark is gone, i.e. the
+        # save request has returned.
+        self.page.wait_for_function(
+            "() => !document.querySelector('.lm-TabBar-tab.jp-mod-current.jp-mod-dirty')", timeout=60_000)
         return self.lab.saved_notebook(self.name)
 
     def watch_images(self) -> None:
