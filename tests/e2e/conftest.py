@@ -45,9 +45,8 @@ def browser(chromium):
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory, chromium):
     # The kernel gets the learner's environment, not the test runner's: no MPLBACKEND=Agg, or plt.show() would
-    # draw nothing in the browser. Fast mode and one thread per kernel are kept from `make test`.
+    # draw nothing in the browser. MINIMIND_EDU_FAST and OMP_NUM_THREADS pass through from `make test`.
     env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
-    env.setdefault("OMP_NUM_THREADS", "1")
     with running_lab(tmp_path_factory.mktemp("jupyterlab"), env=env) as server:
         yield server
 
