@@ -287,10 +287,11 @@ class MemoryExplorer:
             predicted = estimate(s.config(), s.batch, s.seq_len, precision=s.precision,
                                  checkpointing=s.checkpointing, device=m.device).peak_bytes
             err = (predicted - m.peak_bytes) / m.peak_bytes
-            self.status.value = (f"measured on {m.device}: {m.peak_bytes / GiB:.3f} GiB allocated at the peak "
-                                 f"(estimate {err:+.1%}; the line below adds the CUDA overhead)")
+            # names its point: the sliders may move on while this line stays
+            self.status.value = (f"batch {s.batch} x {s.seq_len} measured on {m.device}: {m.peak_bytes / GiB:.3f} "
+                                 f"GiB allocated at the peak (estimate {err:+.1%}; the fit line adds CUDA overhead)")
         else:
-            self.status.value = f"measured on {m.device}: {m.error}"
+            self.status.value = f"batch {s.batch} x {s.seq_len} measured on {m.device}: {m.error}"
         self.redraw()
 
     def _ipython_display_(self):

@@ -165,6 +165,21 @@ def test_memory_explorer_answers_sliders_and_measure(notebook, artifacts):
     status_text = status.inner_text()
     after = shot("5-measured")
     assert green_pixels(after) > 20, "the measured point did not appear on the batch plot"
-    m = re.search(r"measured on cpu: ([\d.]+) GiB allocated at the peak \(estimate ([+-][\d.]+)%", status_text)
+    m = re.search(r"^batch 1 x 256 measured on cpu: ([\d.]+) GiB allocated at the peak \(estimate ([+-][\d.]+)%",
+                  status_text)
     assert m, status_text
     assert abs(float(m.group(2))) <= 3.0, f"estimate vs measurement off by more than 3%: {status_text}"
+
+    # 4. The other controls: a bigger card, then activation checkpointing, at 128 x 512 again.
+    batch.set(128)
+    seq.set(512)
+    text_4090 = wait_for_fit(r"^batch 128 x 512: .* does NOT fit on RTX 4090")
+    out.locator(".widget-dropdown").filter(has=page.locator("label:text-is('GPU')")).locator("select").select_option(
+        label="H100 80GB")
+    text_h100 = wait_for_fit(r"^batch 128 x 512: .* fits on H100 80GB")
+    assert largest_batch(text_h100) > largest_batch(text_4090)
+    out.get_by_role("checkbox", name="checkpointing").check()
+    text_ckpt = wait_for_fit(r"^batch 128 x 512: [\d.]+ GiB -> fits on H100 80GB; largest batch that fits: (?!"
+                             + str(largest_batch(text_h100)) + r"\b)")
+    assert largest_batch(text_ckpt) > largest_batch(text_h100), (text_h100, text_ckpt)
+    shot("6-h100-checkpointing")
