@@ -20,6 +20,7 @@ allocator's view (``torch.cuda.max_memory_allocated``) and the driver's (nvidia-
 """
 from __future__ import annotations
 
+import textwrap
 from dataclasses import asdict, dataclass, field
 
 from . import model as model_module
@@ -423,8 +424,6 @@ def format_table(est: MemoryEstimate, measured_bytes: int | None = None, width: 
 
     Lines are at most ``width`` characters: the explanations wrap under their column, because a notebook's output
     area (JupyterLab on a laptop: about 110 characters) would otherwise break them in the middle of words."""
-    import textwrap
-
     indent = " " * 34
 
     def row(term: str, nbytes: float, what: str) -> str:

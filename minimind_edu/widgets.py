@@ -168,7 +168,8 @@ def update(fig: Figure, state: ExplorerState, measured: list[tuple[ExplorerState
     bar.set_xticks([])
     bar.set_ylabel("GiB")
     bar.set_xlim(-0.6, 2.2)
-    bar.set_ylim(0, max(bottom, cap) * 1.08)
+    top = max(bottom, cap) * 1.08
+    bar.set_ylim(0, top)
     bar.yaxis.set_major_locator(MaxNLocator(5))
     if artists["legends"]:
         bar.legend(fontsize=7, loc="upper right")
@@ -176,7 +177,7 @@ def update(fig: Figure, state: ExplorerState, measured: list[tuple[ExplorerState
         bar.text(2.15, cap, card.name, ha="right", va="bottom", fontsize=8)
         y = 0.0
         for name, gib in parts.items():
-            if gib >= 0.06 * max(bottom, cap) * 1.08:
+            if gib >= 0.06 * top:
                 bar.text(0.48, y + gib / 2, f"{name.replace('_', ' ')} {gib:.2f}", va="center", fontsize=8)
             y += gib
     bar.set_title("breakdown at the current point (GiB)", fontsize=9)
