@@ -9,6 +9,8 @@ AdamW kernels instead ("adamw-foreach", "adamw-forloop"). Also timed: one estima
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import argparse
 import csv
 import time
@@ -24,7 +26,7 @@ FIELDS = ["model", "hidden", "layers", "batch", "seq_len", "attention", "precisi
 
 
 def small(hidden: int, layers: int):
-    return get_preset("tiny", hidden_size=hidden, num_layers=layers, num_heads=hidden // 16, num_kv_heads=2,
+    return replace(get_preset("tiny"), hidden_size=hidden, num_layers=layers, num_heads=hidden // 16, num_kv_heads=2,
                       max_position_embeddings=1024)
 
 

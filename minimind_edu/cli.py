@@ -1,6 +1,8 @@
 """The ``minimind-edu`` command line; each subcommand calls the same library code as the notebooks."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import argparse
 import sys
 
@@ -112,7 +114,7 @@ def add_memory_command(sub: argparse._SubParsersAction) -> None:
         overrides = {k: v for k, v in (("num_layers", args.layers), ("hidden_size", args.hidden)) if v is not None}
         if "hidden_size" in overrides:  # keep MiniMind2's SwiGLU rule for the new width
             overrides["intermediate_size"] = None
-        cfg = get_preset(args.preset, **overrides)
+        cfg = replace(get_preset(args.preset), **overrides)
         gpu = None
         if args.gpu:
             try:

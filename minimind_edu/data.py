@@ -46,9 +46,11 @@ from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
 from .corpus import CorpusError, cache_dir, default_corpus_files, iter_jsonl_documents, read_documents
-from .model import IGNORE_INDEX
 from .tokenizer import BOS_ID, EOS_ID, PAD_ID, default_tokenizer_dir, get_default_tokenizer, load_tokenizer
 
+# Targets equal to this add nothing to the loss: it is F.cross_entropy's default ignore_index, which the model
+# relies on, so padding is ignored without the model knowing about batches.
+IGNORE_INDEX = -100
 FORMAT_VERSION = 1  # bump when the token file layout changes, so old caches are not reused
 _ENCODE_CHUNK = 512  # documents per encode_batch call: big enough for the Rust threads, small in memory
 

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 
 from .corpus import CorpusError, documents_by_language
-from .model import IGNORE_INDEX, MiniMind
+from .data import IGNORE_INDEX
+from .model import MiniMind
 from .tokenizer import BOS_ID, EOS_ID
 
 

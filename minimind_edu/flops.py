@@ -34,6 +34,7 @@ from functools import lru_cache
 
 import torch
 
+from .device import precision_dtype, precision_name
 from .model import ModelConfig
 
 
@@ -122,26 +123,13 @@ GPU_PEAK_TFLOPS: dict[str, dict[str, float | None]] = {
     "RTX 4090": {"bf16": 165.2, "fp16": 165.2, "fp32": 82.6},
 }
 
-_DTYPE_KEYS = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
-
-
-def _dtype_key(dtype: torch.dtype | str) -> str:
-    if isinstance(dtype, str):
-        key = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32"}.get(dtype, dtype)
-    else:
-        key = _DTYPE_KEYS.get(dtype, "")
-    if key not in ("bf16", "fp16", "fp32"):
-        raise ValueError(f"dtype must be bf16, fp16 or fp32, got {dtype!r}")
-    return key
-
-
 def gpu_peak_flops(device_name: str, dtype: torch.dtype | str = torch.bfloat16) -> float | None:
     """Dense peak FLOP/s of a GPU from its name (``torch.cuda.get_device_name()``), or None when unknown.
 
     Variants with other clocks or SM counts ("RTX 4060 Ti", "RTX 4080 SUPER", "... Laptop GPU") are not
     guessed: they return None rather than a wrong number.
     """
-    key = _dtype_key(dtype)
+    key = precision_name(dtype)
     if re.search(r"\b(laptop|mobile|max-q)\b", device_name, re.IGNORECASE):
         return None
     # Longest names first so that "H100 PCIe" wins over "H100".
@@ -158,8 +146,8 @@ def time_matmul_flops(dtype: torch.dtype | str = torch.bfloat16, size: int = 204
 
     Best of several, not the mean: on a shared machine the fastest run is the one least disturbed.
     """
-    key = _dtype_key(dtype)
-    torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[key]
+    key = precision_name(dtype)
+    torch_dtype = precision_dtype(key)
     a = torch.randn(size, size).to(torch_dtype)
     b = torch.randn(size, size).to(torch_dtype)
     torch.mm(a, b)  # warm-up: lets oneDNN pick and cache its kernel
@@ -183,7 +171,7 @@ def measure_cpu_matmul_flops(dtype: torch.dtype | str = torch.bfloat16, size: in
     2048 x 2048 is big enough that packing overheads vanish (one matmul is 17 GFLOP) and small enough that
     the warm-up and ``repeats`` runs take about a second or two on a laptop CPU.
     """
-    return _measure_cached(_dtype_key(dtype), size, repeats, torch.get_num_threads())
+    return _measure_cached(precision_name(dtype), size, repeats, torch.get_num_threads())
 
 
 def device_peak_flops(device: torch.device | str, dtype: torch.dtype | str = torch.bfloat16) -> float | None:

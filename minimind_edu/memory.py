@@ -23,14 +23,13 @@ from __future__ import annotations
 import textwrap
 from dataclasses import asdict, dataclass, field
 
-from . import model as model_module
 from .memory_measure import OPTIMIZERS, Measurement, StorageTracker, measure  # noqa: F401 (part of this module's API)
-from .model import ModelConfig, count_parameters
-from .train import adamw_implementation
+from .device import PRECISIONS
+from .model import ModelConfig, count_parameters, sdpa_reads_kv_unrepeated
+from .optim import adamw_implementation
 
 GiB = 2**30
 MiB = 2**20
-PRECISIONS = ("bf16", "fp16", "fp32")
 DEVICES = ("cpu", "cuda")
 
 # --- GPU cards ----------------------------------------------------------------------------------------------
@@ -191,7 +190,7 @@ def layer_activations(cfg: ModelConfig, batch_size: int, seq_len: int, precision
     # q after RoPE, and k, v: repeated to every head (repeat_kv copies) for naive attention, kept at
     # num_kv_heads when sdpa reads them with enable_gqa. Under autocast q, k and v each also save their own
     # cast of the normed input.
-    kv_width = hq if attention == "naive" or not _sdpa_uses_gqa(cfg) else cfg.num_kv_heads * cfg.head_dim
+    kv_width = hq if attention == "naive" or not sdpa_reads_kv_unrepeated(cfg) else cfg.num_kv_heads * cfg.head_dim
     qkv = n * hq * c + 2 * n * kv_width * c + (3 * n * h * c if amp else 0)
     if attention == "sdpa":  # the fused kernel saves its output and one log-sum-exp per head and query
         attn = n * hq * c + n * nh * 4
@@ -201,11 +200,6 @@ def layer_activations(cfg: ModelConfig, batch_size: int, seq_len: int, precision
     swiglu = 4 * n * inter * c + (2 * n * h * c if amp else 0)
     residual = 2 * n * h * 4  # the fp32 residual stream entering each norm
     return {"norms": norms, "qkv": qkv, "attention": attn, "swiglu": swiglu, "residual": residual}
-
-
-def _sdpa_uses_gqa(cfg: ModelConfig) -> bool:
-    # model.py passes k and v unrepeated to scaled_dot_product_attention(enable_gqa=True) when torch has it
-    return cfg.num_heads > cfg.num_kv_heads and getattr(model_module, "_SDPA_HAS_GQA", False)
 
 
 def _layer_matrix_params(cfg: ModelConfig) -> int:
@@ -285,7 +279,7 @@ def estimate(
     # Forward's end, inside cross-entropy: logits, their fp32 copy (autocast only) and log_softmax; every
     # block's (k, v) is still referenced by the model's list of presents until forward returns.
     # (sdpa saves k and v themselves when it reads them unrepeated, so they cost nothing extra then.)
-    repeats = cfg.num_heads > cfg.num_kv_heads and (attention == "naive" or not _sdpa_uses_gqa(cfg))
+    repeats = cfg.num_heads > cfg.num_kv_heads and (attention == "naive" or not sdpa_reads_kv_unrepeated(cfg))
     presents = L * 2 * n * hkv * c if repeats else 0
     fwd_transient = {"logits": n * v * c, "logits_fp32_copy": n * v * 4 if amp else 0, "kv_presents": presents}
     candidates = []

@@ -26,19 +26,17 @@ from __future__ import annotations
 
 import time
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from .device import autocast_dtype, check_precision
 from .model import MiniMind, ModelConfig
-from .train import make_optimizer, param_groups
+from .optim import OPTIMIZERS, optimizer_by_name
 
 PHASES = ("forward", "backward", "optimizer")
-# "adamw" is the course trainer's optimizer (train.make_optimizer: fused where torch has the kernel); the
-# other AdamW names force one of PyTorch's implementations, to compare their transient memory.
-OPTIMIZERS = ("adamw", "adamw-fused", "adamw-foreach", "adamw-forloop", "sgd", "none")
 
 
 class StorageTracker(TorchDispatchMode):
@@ -128,35 +126,20 @@ class Measurement:
     timeline: list[tuple[str, int]] | None = None
 
 
-def build_optimizer(model: torch.nn.Module, optimizer: str) -> torch.optim.Optimizer | None:
-    """The optimizer a measurement steps: "adamw" is exactly the trainer's (``train.make_optimizer``)."""
-    if optimizer == "adamw":
-        return make_optimizer(model, lr=1e-4, weight_decay=0.1)
-    if optimizer.startswith("adamw-") and optimizer in OPTIMIZERS:
-        kind = optimizer.removeprefix("adamw-")
-        flags = {"fused": {"fused": True}, "foreach": {"foreach": True}, "forloop": {"foreach": False}}[kind]
-        return torch.optim.AdamW(param_groups(model, 0.1), lr=1e-4, betas=(0.9, 0.95), **flags)
-    if optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    if optimizer == "none":
-        return None
-    raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {optimizer!r}")
-
-
 def _build(cfg: ModelConfig, attention: str | None, checkpointing: bool, optimizer: str, device: str, seed: int):
     torch.manual_seed(seed)
     if attention and attention != cfg.attention:
-        cfg = cfg.with_(attention=attention)
+        cfg = replace(cfg, attention=attention)
     model = MiniMind(cfg).to(device)
     model.train()
     model.gradient_checkpointing = checkpointing
-    return cfg, model, build_optimizer(model, optimizer)
+    return cfg, model, optimizer_by_name(model, optimizer)
 
 
 def _train_step(model, opt, scaler, ids, targets, precision, device, grad_accum_steps, on_phase):
     """The course's training step (``train.Trainer.train_step``): forward under autocast, backward, optimizer
     step, zero grads. Gradient clipping is left out: its temporaries are one scalar per tensor."""
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+    dtype = autocast_dtype(precision)
     for _ in range(grad_accum_steps):
         on_phase("forward")
         with torch.autocast(device, dtype=dtype, enabled=dtype is not None):
@@ -200,8 +183,7 @@ def measure(
     (``train.make_optimizer``, fused on CPU and CUDA), "adamw-fused" / "adamw-foreach" / "adamw-forloop" force
     one of PyTorch's AdamW kernels, "sgd" is SGD with momentum 0.9, "none" skips the step.
     """
-    if precision not in ("bf16", "fp16", "fp32"):
-        raise ValueError(f'precision must be "bf16", "fp16" or "fp32"; got {precision!r}')
+    check_precision(precision)
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {optimizer!r}")
     if batch_size < 1 or seq_len < 1 or grad_accum_steps < 1:

@@ -19,9 +19,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100  # targets equal to this (padding) add nothing to the loss
-
-
 def _swiglu_size_minimind2(hidden_size: int) -> int:
     # MiniMind2's rule: 8/3 of the hidden size (keeps SwiGLU's 3 matrices at the cost of a 4x MLP's 2),
     # rounded up to a multiple of 64 for fast matmuls.
@@ -109,9 +106,6 @@ class ModelConfig:
             raise ValueError(f"unknown ModelConfig field(s): {sorted(unknown)}")
         return cls(**d)
 
-    def with_(self, **changes) -> "ModelConfig":
-        """A copy with some fields changed (``intermediate_size`` is kept unless given)."""
-        return replace(self, **changes)
 
 
 PRESETS: dict[str, ModelConfig] = {
@@ -136,15 +130,13 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 
-def get_preset(name: str, **overrides) -> ModelConfig:
-    """A fresh copy of a named preset, optionally with fields changed (e.g. ``num_layers=12``).
-
-    The preset's ``intermediate_size`` is kept when ``hidden_size`` changes; pass ``intermediate_size=None``
-    as well to recompute it with MiniMind2's 8/3 rule.
+def get_preset(name: str) -> ModelConfig:
+    """A fresh copy of a named preset. Change fields with ``dataclasses.replace(get_preset(name), num_layers=12)``:
+    the copy is validated again, and ``intermediate_size=None`` recomputes MiniMind2's 8/3 rule for a new width.
     """
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
-    return replace(PRESETS[name], **overrides)
+    return replace(PRESETS[name])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -194,7 +186,13 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
 
 
 # scaled_dot_product_attention(enable_gqa=True) arrived in PyTorch 2.5; older versions repeat k and v.
-_SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
+SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
+
+
+def sdpa_reads_kv_unrepeated(cfg: ModelConfig) -> bool:
+    """True when ``attention="sdpa"`` hands k and v to the kernel at ``num_kv_heads`` (``enable_gqa``),
+    so no repeated copy is made or saved for backward; False when there is nothing to repeat or torch is old."""
+    return cfg.num_heads > cfg.num_kv_heads and SDPA_HAS_GQA
 
 KVCache = list  # one (keys, values) pair per layer, each (B, kv_heads, T_so_far, head_dim)
 
@@ -206,6 +204,7 @@ class Attention(nn.Module):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         self.implementation = cfg.attention
+        self.gqa_kernel = sdpa_reads_kv_unrepeated(cfg)
         self.q_proj = nn.Linear(cfg.hidden_size, cfg.num_heads * cfg.head_dim, bias=False)
         self.k_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=False)
         self.v_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=False)
@@ -240,7 +239,7 @@ class Attention(nn.Module):
         if self.implementation == "sdpa":
             # enable_gqa: the kernel reads each KV head for its whole group of query heads, so no repeated
             # copy of k and v is made (or kept alive for backward). Same forward values as repeat_kv.
-            gqa = {"enable_gqa": True} if n_rep > 1 and _SDPA_HAS_GQA else {}
+            gqa = {"enable_gqa": True} if self.gqa_kernel else {}
             k_all, v_all = (k, v) if gqa else (repeat_kv(k, n_rep), repeat_kv(v, n_rep))
             if t_past == 0:
                 y = F.scaled_dot_product_attention(q, k_all, v_all, is_causal=t > 1, dropout_p=dropout_p, **gqa)
@@ -413,7 +412,8 @@ class MiniMind(nn.Module):
             aux = sum(layer.mlp.aux_loss for layer in self.layers)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
+            # Targets of -100 (cross_entropy's default ignore_index: data.IGNORE_INDEX marks padding) add nothing.
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
             if aux is not None and self.training:
                 loss = loss + self.config.aux_loss_coef * aux
         return ModelOutput(logits, loss, aux, presents if use_cache else None)

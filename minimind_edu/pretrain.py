@@ -36,7 +36,9 @@ from .evaluate import evaluate_by_language, format_results
 from .generate import WrappedWriter, stream_text, stream_text_from_ids
 from .model import MiniMind
 from .tokenizer import apply_chat_template, default_tokenizer_dir, load_tokenizer
-from .train import TrainConfig, Trainer, load_model, resolve_device, resolve_precision
+from .checkpoint import load_model
+from .device import resolve_device, resolve_precision
+from .train import TrainConfig, Trainer
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -1,30 +1,10 @@
 """The training loop: one implementation for notebook 04, notebook 05 and ``minimind-edu pretrain``.
 
-Public API (stable)::
-
-    TrainConfig(...)                         # every knob, with defaults for the course-cpu model
-    train(cfg, callbacks=(), resume=False, train_data=None, valid_data=None) -> TrainResult
-    Trainer(cfg, resume=False, train_data=None, valid_data=None)
-        .run(callbacks=()) -> TrainResult    # what train() calls
-        .train_step() -> (loss, grad_norm)   # one optimizer step (grad accumulation inside), floats
-        .evaluate() -> float                 # mean loss on cfg.eval_batches fixed validation batches
-        .save_checkpoint() -> Path | None    # rank 0 only; atomic; keeps the last cfg.keep_last
-        .model / .optimizer / .step / .max_steps / .batches / .device / .precision
-    TrainResult: history (list of the metric records), step, max_steps, out_dir, checkpoint, model,
-                 stopped_early, seconds; .steps / .losses / .val_steps / .val_losses
-    lr_at(step, max_lr, min_lr, warmup_steps, max_steps) -> float     # linear warmup + cosine to a floor
-    param_groups(model, weight_decay) -> list[dict]                     # decay matrices, not norms
-    make_optimizer(model, lr, weight_decay, betas) -> torch.optim.AdamW
-    adamw_implementation(device_type) -> "fused"|"foreach"|"forloop"  # what make_optimizer runs
-    resolve_device(name) -> torch.device ; resolve_precision(name, device) -> "bf16"|"fp16"|"fp32"
-    autocast(device, precision) -> context manager
-    cpu_has_fast_bf16() -> bool              # AVX512-BF16 or AMX: what precision="auto" checks on CPU
-    clean_state_dict(state_dict) -> dict     # strips torch.compile's "_orig_mod." and DDP's "module."
-    list_checkpoints(out_dir) -> list[Path]  # complete checkpoints, oldest first
-    latest_checkpoint(out_dir) -> Path | None
-    save_checkpoint_dir(out_dir, step, model, state, configs, tokenizer_dir, keep_last) -> Path
-    load_model(path, device="cpu") -> MiniMind            # path: a checkpoint folder or a run's out_dir
-    load_trained(path, device="cpu") -> (MiniMind, tokenizers.Tokenizer)
+A :class:`TrainConfig` says everything about a run; :class:`Trainer` holds the model, optimizer, data position
+and step, and ``run()`` is the loop (``train()`` in one call). The pieces it is made of live in their own
+modules, so that a notebook can build each alone: the schedule and optimizer in :mod:`~minimind_edu.optim`,
+device and precision in :mod:`~minimind_edu.device`, process groups in :mod:`~minimind_edu.distributed`,
+checkpoint files in :mod:`~minimind_edu.checkpoint`.
 
 Callbacks are called (on rank 0) with each metric record, the same dict that is appended to
 ``out_dir/metrics.jsonl``: ``step, tokens, loss, lr, grad_norm, tokens_per_s, mfu, peak_mem, epoch,
@@ -43,8 +23,7 @@ not depend on ``max_steps``, so fitting at its end changes nothing that already 
 ``cfg.max_steps`` is only a cap while timing (and shapes the lr of probe steps past a short warmup).
 The fitted value is saved in checkpoints, so a resumed run keeps it.
 
-A checkpoint (:mod:`minimind_edu.checkpoint`, re-exported here) is a folder ``out_dir/checkpoints/step_00000123/`` holding ``model.safetensors`` (the
-weights, no code), ``state.pt`` (optimizer, GradScaler, step, fitted max_steps, data position, RNG states:
+A checkpoint is a folder ``out_dir/checkpoints/step_00000123/`` holding ``model.safetensors`` (the weights, no code), ``state.pt`` (optimizer, GradScaler, step, fitted max_steps, data position, RNG states:
 tensors and plain containers only, loaded with ``torch.load(weights_only=True)``), ``config.json`` (model
 and training configs) and the tokenizer files. It is written under a temporary name and renamed, so a
 crash mid-write leaves the previous checkpoint intact. ``resume=True`` continues from the newest one:
@@ -57,11 +36,8 @@ with ``batch_size=B`` train exactly like one process with ``batch_size=N*B``; on
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
-import math
 import os
-import resource
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -69,28 +45,16 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from . import flops
-from .checkpoint import (  # re-exported: part of this module's public API
-    clean_state_dict,
-    latest_checkpoint,
-    list_checkpoints,
-    load_model,
-    load_trained,
-    save_checkpoint_dir,
-)
+from .checkpoint import latest_checkpoint, load_model, save_checkpoint_dir
 from .data import TokenData, load_splits, make_batches
+from .device import autocast, check_precision, peak_memory, resolve_device, resolve_precision
+from .distributed import from_rank0, init_distributed, mean_over_ranks
 from .model import MiniMind, ModelConfig, get_preset
+from .optim import lr_at, make_optimizer
 from .tokenizer import default_tokenizer_dir
-
-__all__ = [
-    "TrainConfig", "Trainer", "TrainResult", "train", "lr_at", "param_groups", "make_optimizer",
-    "adamw_implementation", "fused_adamw_supported", "resolve_device",
-    "resolve_precision", "cpu_has_fast_bf16", "autocast", "clean_state_dict", "list_checkpoints",
-    "latest_checkpoint", "save_checkpoint_dir", "load_model", "load_trained",
-]
 
 Callback = Callable[[dict], "bool | None"]
 STATE_VERSION = 1
@@ -131,6 +95,9 @@ class TrainConfig:
     progress: bool = True  # tqdm bar
     measure_mfu: bool = True  # on CPU this measures the matmul peak once (about 2 s)
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def model_config(self) -> ModelConfig:
         if isinstance(self.model, ModelConfig):
             return self.model
@@ -139,6 +106,7 @@ class TrainConfig:
         return get_preset(self.model)
 
     def validate(self) -> None:
+        """Raise ``ValueError`` naming the field when the run cannot work as configured."""
         positive = ("batch_size", "seq_len", "grad_accum_steps", "max_steps", "log_every", "keep_last", "eval_batches")
         for name in positive:
             if getattr(self, name) < 1:
@@ -150,11 +118,12 @@ class TrainConfig:
             raise ValueError(f"need 0 <= min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
         if self.time_budget_min is not None and self.time_budget_min <= 0:
             raise ValueError(f"time_budget_min must be positive, got {self.time_budget_min}")
-        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
-            raise ValueError(f'precision must be "auto", "bf16", "fp16" or "fp32", got {self.precision!r}')
-        if self.seq_len > self.model_config().max_position_embeddings:
-            raise ValueError(f"seq_len={self.seq_len} exceeds the model's max_position_embeddings="
-                             f"{self.model_config().max_position_embeddings}")
+        check_precision(self.precision, allow_auto=True)
+        if self.batch_kind not in ("packed", "padded"):
+            raise ValueError(f'batch_kind must be "packed" or "padded", got {self.batch_kind!r}')
+        max_positions = self.model_config().max_position_embeddings
+        if self.seq_len > max_positions:
+            raise ValueError(f"seq_len={self.seq_len} exceeds the model's max_position_embeddings={max_positions}")
 
     def to_dict(self) -> dict:
         d = asdict(self) if not isinstance(self.model, ModelConfig) else {**asdict(self), "model": self.model.to_dict()}
@@ -162,139 +131,17 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        d = {k: v for k, v in d.items() if k in known}
+    def from_dict(cls, d: dict) -> TrainConfig:
+        """The inverse of :meth:`to_dict`; a key that is not a field is refused with its name."""
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s): {', '.join(sorted(unknown))}")
+        d = dict(d)
         if isinstance(d.get("model"), dict):
             d["model"] = ModelConfig.from_dict(d["model"])
         if "betas" in d:
             d["betas"] = tuple(d["betas"])
         return cls(**d)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Pieces, each usable alone (the notebook builds them one at a time)
-
-
-def lr_at(step: int, max_lr: float, min_lr: float, warmup_steps: int, max_steps: int) -> float:
-    """Learning rate for optimizer step ``step`` (0-based): linear warmup, then cosine down to ``min_lr``.
-
-    Warmup: ``max_lr * (step + 1) / warmup_steps`` (never exactly 0, so step 0 already learns).
-    After it: ``min_lr + (max_lr - min_lr) * (1 + cos(pi * p)) / 2`` with
-    ``p = (step - warmup_steps) / (max_steps - warmup_steps)``, clamped to [0, 1].
-    """
-    if step < warmup_steps:
-        return max_lr * (step + 1) / warmup_steps
-    span = max(1, max_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
-    return min_lr + (max_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices (linear layers, the embedding); none on vectors (norm gains, biases).
-
-    Decay pulls weights towards 0; for a norm's gain, whose natural value is 1, that only hurts.
-    """
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():  # named_parameters() lists a tied matrix once
-        if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-@functools.lru_cache(maxsize=None)
-def fused_adamw_supported(device_type: str) -> bool:
-    """Whether this torch has a fused AdamW kernel for ``device_type`` ("cuda": yes; "cpu": torch >= 2.4).
-
-    Other devices (MPS, ...) get PyTorch's default: the course has not checked their fused kernels.
-    """
-    if device_type == "cuda":
-        return True
-    if device_type != "cpu":
-        return False
-    try:  # torch < 2.4 refuses fused=True for CPU tensors when the optimizer is built
-        torch.optim.AdamW([torch.zeros(1, requires_grad=True)], fused=True)
-    except RuntimeError:
-        return False
-    return True
-
-
-def adamw_implementation(device_type: str) -> str:
-    """The AdamW kernel :func:`make_optimizer` runs on ``device_type``: "fused" where supported, else
-    PyTorch's default, "foreach" on CUDA and a per-tensor "forloop" elsewhere (memory.py models each)."""
-    if fused_adamw_supported(device_type):
-        return "fused"
-    return "foreach" if device_type == "cuda" else "forloop"
-
-
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.1,
-                   betas: tuple[float, float] = (0.9, 0.95)) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups`, with the fused kernel on CPU and CUDA where this torch has one.
-
-    Fused updates every tensor in one operator and makes no temporaries; on this course's CPU (1 thread) the
-    optimizer step of minimind2-small takes 15 ms fused against 45 ms for the default per-tensor loop (best
-    of 8, benchmarks/adamw_step.py), and the weights differ from the loop's only by fp32 rounding (~1e-7).
-    The choice is saved with the optimizer's param groups and ``load_state_dict`` restores it, so a resumed
-    run steps with the kernel its checkpoint was made with (kill-and-resume stays bit-exact; a checkpoint
-    from before this default keeps its per-tensor loop).
-    """
-    fused = adamw_implementation(next(model.parameters()).device.type) == "fused"
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=tuple(betas), fused=fused or None)
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto``: cuda when available, else cpu. MPS is never chosen automatically (see the note printed)."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            print("note: Apple MPS is available but not used: the course has not verified that it gives the same "
-                  "losses as the CPU. Pass device='mps' to try it anyway.", file=sys.stderr)
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} was asked for but torch.cuda.is_available() is False; use 'cpu' or 'auto'")
-    if device.type == "mps":
-        print("note: training on Apple MPS is unverified in this course; compare a few losses with device='cpu'.",
-              file=sys.stderr)
-    return device
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True when the CPU has bf16 matmul instructions (AVX512-BF16 or AMX), where bf16 beats fp32."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, c, lambda: False)() for c in checks)
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: bf16 where the hardware does it natively, fp16 (+ GradScaler) on older GPUs, else fp32."""
-    if precision == "auto":
-        if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        if device.type == "cpu":
-            return "bf16" if cpu_has_fast_bf16() else "fp32"
-        return "fp32"
-    if precision == "fp16" and device.type == "cpu":
-        raise ValueError("precision='fp16' needs a GPU; on CPU use 'bf16' or 'fp32'")
-    return precision
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Matmuls in bf16/fp16, weights and their updates still fp32 (mixed precision); fp32: nothing changes."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _peak_memory(device: torch.device) -> int:
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * (1 if sys.platform == "darwin" else 1024)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The loop
 
 
 @dataclass
@@ -325,31 +172,18 @@ class TrainResult:
         return [r["val_loss"] for r in self.history if "val_loss" in r]
 
 
-def _init_distributed(device_name: str) -> tuple[int, int, int, bool]:
-    """(rank, world_size, local_rank, we_initialised) from torchrun's environment; (0, 1, 0, False) alone."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1 and not dist.is_initialized():
-        return 0, 1, 0, False
-    ours = False
-    if not dist.is_initialized():
-        use_cuda = torch.cuda.is_available() and device_name != "cpu"
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-        ours = True
-    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), ours
-
-
 class Trainer:
     """Holds the model, optimizer, data position and step; ``run()`` is the loop (see module docstring)."""
 
     def __init__(self, cfg: TrainConfig, resume: bool = False,
                  train_data: TokenData | None = None, valid_data: TokenData | None = None):
-        cfg.validate()
+        cfg.validate()  # again: the fields of a dataclass can be changed after it was built
         self.cfg = cfg
-        self.rank, self.world_size, local_rank, self._owns_pg = _init_distributed(cfg.device)
-        self.is_main = self.rank == 0
+        self.group = init_distributed(cfg.device)
+        self.rank, self.world_size, self.is_main = self.group.rank, self.group.world_size, self.group.is_main
         device = resolve_device(cfg.device)
         if device.type == "cuda" and self.world_size > 1:
-            device = torch.device("cuda", local_rank)
+            device = torch.device("cuda", self.group.local_rank)
             torch.cuda.set_device(device)
         self.device = device
         self.precision = resolve_precision(cfg.precision, device)
@@ -425,9 +259,7 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        if self.world_size > 1:  # log the global mean loss; gradients were already averaged by DDP
-            dist.all_reduce(loss_sum, op=dist.ReduceOp.SUM)
-            loss_sum /= self.world_size
+        mean_over_ranks(loss_sum, self.group)  # log the global mean loss; DDP already averaged the gradients
         return float(loss_sum), float(grad_norm)
 
     @torch.no_grad()
@@ -522,8 +354,7 @@ class Trainer:
             eval_s = (time.perf_counter() - t0) / self.cfg.eval_every
         remaining = self.cfg.time_budget_min * 60 - (time.perf_counter() - started)
         fitted = torch.tensor(self.step + max(1, int(remaining / (step_s + eval_s))), device=self.device)
-        if self.world_size > 1:  # ranks timed themselves separately: all must use rank 0's number
-            dist.broadcast(fitted, 0)
+        from_rank0(fitted, self.group)  # ranks timed themselves separately: all must use rank 0's number
         self.max_steps = int(fitted)
         self.budget_fitted = True
         if self.is_main:
@@ -570,7 +401,7 @@ class Trainer:
                     "grad_norm": grad_norm,
                     "tokens_per_s": tps,
                     "mfu": self._mfu(tps),
-                    "peak_mem": _peak_memory(self.device),
+                    "peak_mem": peak_memory(self.device),
                     "epoch": self.batches.epoch,
                     "elapsed_s": time.perf_counter() - started,
                 }
@@ -583,9 +414,7 @@ class Trainer:
                 if self.is_main:  # a list, not any(generator): every callback sees the record, even after a stop
                     stopped = any([cb(record) is True for cb in callbacks])
                 if self.world_size > 1:  # every rank must agree to stop
-                    flag = torch.tensor(float(stopped), device=self.device)
-                    dist.broadcast(flag, 0)
-                    stopped = bool(flag.item())
+                    stopped = bool(from_rank0(torch.tensor(float(stopped), device=self.device), self.group).item())
                 window_losses, window_start = [], time.perf_counter()
             if final or stopped or (cfg.save_every and self.step % cfg.save_every == 0):
                 self.save_checkpoint()
@@ -593,8 +422,8 @@ class Trainer:
             if stopped:
                 break
         bar.close()
-        if self._owns_pg:
-            dist.destroy_process_group()
+        if self.group.owned:
+            torch.distributed.destroy_process_group()
         return TrainResult(self.history, self.step, self.max_steps, self.out_dir, self.checkpoint, self.model,
                            stopped, time.perf_counter() - started)
 

@@ -42,7 +42,7 @@ class ExplorerState:
     def config(self, **changes) -> ModelConfig:
         s = replace(self, **changes)
         base = get_preset(s.preset)  # the sequence-length sweep reaches 4096 tokens even for small presets
-        return get_preset(s.preset, num_layers=s.layers, hidden_size=s.hidden, intermediate_size=None,
+        return replace(get_preset(s.preset), num_layers=s.layers, hidden_size=s.hidden, intermediate_size=None,
                           attention=s.attention,
                           max_position_embeddings=max(base.max_position_embeddings, max(SEQ_LENS), s.seq_len))
 

@@ -1,6 +1,8 @@
 """`minimind-edu memory`: the table, the JSON (every term in bytes, equal to estimate()), --measure, errors."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import json
 
 from minimind_edu.cli import main
@@ -11,7 +13,7 @@ from minimind_edu.model import get_preset
 def test_json_terms_equal_estimate(capsys):
     assert main(["memory", "--preset", "tiny", "--layers", "3", "--batch", "4", "--seq", "64", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    est = estimate(get_preset("tiny", num_layers=3), 4, 64)
+    est = estimate(replace(get_preset("tiny"), num_layers=3), 4, 64)
     assert out["terms"] == est.terms and out["peak_bytes"] == est.peak_bytes
     assert set(out["explanations"]) >= set(est.terms)
 

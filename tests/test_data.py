@@ -19,7 +19,7 @@ from minimind_edu.data import (
     tokenize_documents,
     tokenize_files,
 )
-from minimind_edu.model import IGNORE_INDEX
+from minimind_edu.data import IGNORE_INDEX
 from minimind_edu.tokenizer import BOS_ID, EOS_ID, PAD_ID, default_tokenizer_dir, get_default_tokenizer
 
 STORIES = [f"Once upon a time there was a cat number {i}. It liked fish and milk." for i in range(40)]

@@ -1,6 +1,8 @@
 """FLOPs per token, peaks and MFU: worked examples by hand, and PyTorch's own FLOP counter as a referee."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -40,14 +42,14 @@ def test_minimind2_small_counts_everything_but_norms_when_tied():
 
 
 def test_untied_embedding_table_costs_no_flops():
-    tied, untied = get_preset("tiny"), get_preset("tiny", tie_word_embeddings=False)
+    tied, untied = get_preset("tiny"), replace(get_preset("tiny"), tie_word_embeddings=False)
     # the untied model has 409,600 more parameters but the same matmuls
     assert count_parameters(untied)["total"] - count_parameters(tied)["total"] == 6400 * 64
     assert matmul_params(untied) == matmul_params(tied)
 
 
 def test_moe_counts_only_active_experts():
-    cfg = get_preset("tiny", num_experts=4, experts_per_token=2, shared_experts=1)
+    cfg = replace(get_preset("tiny"), num_experts=4, experts_per_token=2, shared_experts=1)
     dense = get_preset("tiny")
     swiglu = 3 * 64 * 192
     # per block: 3 active SwiGLUs (2 routed + 1 shared) instead of 1, plus the 64x4 router
@@ -62,7 +64,7 @@ def test_moe_counts_only_active_experts():
 def test_formula_matches_pytorch_flop_counter(overrides):
     # With explicit attention every FLOP is a mm/bmm PyTorch can see: forward + backward of the real model
     # must count exactly 6 N + 12 L T H d per token (non-causal, as the naive kernel computes the full square).
-    cfg = get_preset("tiny", attention="naive", **overrides)
+    cfg = replace(get_preset("tiny"), attention="naive", **overrides)
     torch.manual_seed(0)
     model = MiniMind(cfg)
     batch, seq = 2, 24

@@ -1,6 +1,8 @@
 """The memory estimator against real training steps measured on CPU, plus its worked examples and errors."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -14,7 +16,7 @@ from minimind_edu.model import ModelConfig, count_parameters, get_preset
 
 def small(hidden: int, layers: int, attention: str = "sdpa", **kw) -> ModelConfig:
     # Widths 64 (4 heads), 128 (8 heads) and one point at 256 (16 heads), all head_dim 16, vocab 6400.
-    return get_preset("tiny", hidden_size=hidden, num_layers=layers, num_heads=hidden // 16, num_kv_heads=2,
+    return replace(get_preset("tiny"), hidden_size=hidden, num_layers=layers, num_heads=hidden // 16, num_kv_heads=2,
                       attention=attention, max_position_embeddings=1024, **kw)
 
 
@@ -63,7 +65,7 @@ def test_worked_example_fp32_one_layer():
     assert parts == {
         "norms": 2 * (n * 4 + n * h * 4) + 2 * n * h * 4,
         # q at all 4 heads; k, v at the 2 KV heads when sdpa reads them unrepeated (enable_gqa)
-        "qkv": n * 64 * 4 + 2 * n * (32 if getattr(model_module, "_SDPA_HAS_GQA", False) else 64) * 4,
+        "qkv": n * 64 * 4 + 2 * n * (32 if model_module.SDPA_HAS_GQA else 64) * 4,
         "attention": n * 64 * 4 + n * 4 * 4,
         "swiglu": 4 * n * inter * 4,
         "residual": 2 * n * h * 4,
@@ -81,13 +83,12 @@ def test_adamw_is_the_trainers_fused_kernel_and_each_kernels_step_is_exact(monke
     # measure() steps the trainer's own optimizer, and the estimator's optimizer phase is byte-exact for
     # every AdamW kernel: fused keeps nothing beyond weights, state and gradients, the others make sqrt(v)
     # (foreach: of the whole decayed group, every matrix; the loop: of the largest tensor, the embedding).
-    from minimind_edu import memory, train
-    from minimind_edu.memory_measure import build_optimizer
+    from minimind_edu import memory, optim
     from minimind_edu.model import MiniMind
 
     cfg = small(128, 2)
     model = MiniMind(cfg)
-    ours, trainers = build_optimizer(model, "adamw"), train.make_optimizer(model, lr=1e-4, weight_decay=0.1)
+    ours, trainers = optim.optimizer_by_name(model, "adamw"), optim.make_optimizer(model, lr=1e-4, weight_decay=0.1)
     assert ours.defaults == trainers.defaults and ours.defaults["fused"] is True
     assert [g["weight_decay"] for g in ours.param_groups] == [g["weight_decay"] for g in trainers.param_groups]
     p = count_parameters(cfg)["total"]
@@ -101,7 +102,7 @@ def test_adamw_is_the_trainers_fused_kernel_and_each_kernels_step_is_exact(monke
     assert estimate(cfg, 1, 32, device="cuda").phase_peaks["optimizer"] == \
         estimate(cfg, 1, 32, optimizer="adamw-fused", device="cuda").phase_peaks["optimizer"]
     # a torch without a fused CPU kernel: the trainer and so the estimate fall back to the per-tensor loop
-    monkeypatch.setattr(train, "fused_adamw_supported", lambda device_type: False)
+    monkeypatch.setattr(optim, "fused_adamw_supported", lambda device_type: False)
     assert estimate(cfg, 1, 32).phase_peaks == estimate(cfg, 1, 32, optimizer="adamw-forloop").phase_peaks
     assert memory.estimate(cfg, 1, 32, device="cuda").transients == \
         estimate(cfg, 1, 32, optimizer="adamw-foreach", device="cuda").transients
@@ -145,7 +146,7 @@ def test_checkpointing_and_bf16_change_what_they_should():
 
 
 def test_largest_batch_is_the_boundary_of_fits():
-    cfg = get_preset("minimind2-small", num_layers=12)
+    cfg = replace(get_preset("minimind2-small"), num_layers=12)
     for card in ("rtx-4060", "rtx-4090", "a100-80gb"):
         best = largest_batch(cfg, 512, card)
         assert best > 0

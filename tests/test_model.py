@@ -2,6 +2,8 @@
 sampling filters, the ``presets`` command, and proof against Hugging Face's Llama / Qwen3."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import json
 import math
 
@@ -13,8 +15,9 @@ import transformers  # a test dependency (pyproject [test]): the reference imple
 from minimind_edu import cli
 from minimind_edu.generate import filter_logits, generate
 from minimind_edu.hf import export_hf, hf_config, load_hf
+from minimind_edu.data import IGNORE_INDEX
 from minimind_edu.model import (
-    IGNORE_INDEX,
+
     PRESETS,
     MiniMind,
     ModelConfig,
@@ -48,7 +51,7 @@ def randomize(model: MiniMind, seed: int = 0, std: float = 0.05) -> MiniMind:
 
 
 def tiny(**overrides) -> ModelConfig:
-    return get_preset("tiny", **overrides)
+    return replace(get_preset("tiny"), **overrides)
 
 
 # --- sizes ------------------------------------------------------------------------------------------------
@@ -329,7 +332,7 @@ def test_presets_command_table_and_json(capsys):
 
 @pytest.mark.parametrize("name", DENSE_REFERENCE_PRESETS)
 def test_hf_logits_match_and_round_trip(name, tmp_path):
-    cfg = get_preset(name, num_layers=2)  # full width, shrunk in depth for CI time
+    cfg = replace(get_preset(name), num_layers=2)  # full width, shrunk in depth for CI time
     model = randomize(MiniMind(cfg), seed=3)
     export_hf(model, tmp_path)
     reference = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()

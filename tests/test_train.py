@@ -1,6 +1,8 @@
 """The training loop: schedule, optimizer groups, accumulation, overfitting, checkpoints, resume, DDP, safety."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import json
 import math
 import os
@@ -18,20 +20,10 @@ import torch
 from minimind_edu.data import TokenData
 from minimind_edu.model import MiniMind, get_preset
 from minimind_edu.tokenizer import default_tokenizer_dir, get_default_tokenizer
-from minimind_edu.train import (
-    TrainConfig,
-    Trainer,
-    clean_state_dict,
-    latest_checkpoint,
-    list_checkpoints,
-    load_model,
-    load_trained,
-    lr_at,
-    make_optimizer,
-    param_groups,
-    resolve_precision,
-    train,
-)
+from minimind_edu.checkpoint import clean_state_dict, latest_checkpoint, list_checkpoints, load_model, load_trained
+from minimind_edu.device import resolve_precision
+from minimind_edu.optim import lr_at, make_optimizer, param_groups
+from minimind_edu.train import TrainConfig, Trainer, train
 
 STORIES = [f"Once upon a time there was a cat number {i}. It liked fish, milk and naps in the sun." for i in range(60)]
 VALID = [f"A dog called Rex number {i} ran to the park." for i in range(8)]
@@ -123,7 +115,7 @@ def test_weight_decay_only_on_matrices():
 
 
 def test_optimizer_is_fused_adamw_on_cpu_and_matches_the_loop(monkeypatch):
-    import minimind_edu.train as train_module
+    import minimind_edu.optim as train_module
 
     def steps(opt_model, optimizer, n=5):
         gen = torch.Generator().manual_seed(1)
@@ -368,7 +360,7 @@ def test_vocab_mismatch_and_resume_mismatch(tmp_path, corpus):
     from minimind_edu.corpus import CorpusError
 
     with pytest.raises(CorpusError, match="vocab_size=300"):
-        Trainer(base_cfg(corpus, None, model=get_preset("tiny", vocab_size=300)))
+        Trainer(base_cfg(corpus, None, model=replace(get_preset("tiny"), vocab_size=300)))
     out = tmp_path / "run"
     train(base_cfg(corpus, out, max_steps=1))
     with pytest.raises(ValueError, match="seq_len"):

@@ -1,6 +1,8 @@
 """The memory explorer is a thin view: its plotted data equal estimate() at the slider values."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -26,7 +28,7 @@ def test_plotted_curves_equal_estimate_at_slider_values():
     j = seq_curve["x"].index(1024)
     assert seq_curve["total"][j] == estimate(cfg, 32, 1024, **kw).total_with_overhead / GiB
     layer_curve = ex.plot_data["layers"]
-    assert layer_curve["allocated"][0] == estimate(cfg.with_(num_layers=1), 32, 256, **kw).peak_bytes / GiB
+    assert layer_curve["allocated"][0] == estimate(replace(cfg, num_layers=1), 32, 256, **kw).peak_bytes / GiB
     # the matplotlib line holds the same numbers
     line = ex.figure.axes[0].lines[0]
     assert list(line.get_ydata()) == batch_curve["allocated"]

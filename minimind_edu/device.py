@@ -1,0 +1,102 @@
+"""Where a run computes and in which number format: device choice, mixed precision, peak memory.
+
+Precision names are the course's own short strings ("bf16", "fp16", "fp32"), because they are what a learner
+types on the command line and reads in a table; this module is the one place that turns them into torch
+dtypes, so every other module (trainer, estimator, measurement, FLOPs, export) agrees on their meaning.
+"""
+from __future__ import annotations
+
+import contextlib
+import resource
+import sys
+
+import torch
+
+PRECISIONS = ("bf16", "fp16", "fp32")
+PRECISION_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def check_precision(precision: str, allow_auto: bool = False) -> str:
+    """``precision`` itself when it is a known name, else a ``ValueError`` that lists the choices."""
+    allowed = (("auto",) if allow_auto else ()) + PRECISIONS
+    if precision not in allowed:
+        raise ValueError(f"precision must be one of {', '.join(allowed)}; got {precision!r}")
+    return precision
+
+
+def precision_dtype(precision: str) -> torch.dtype:
+    """The torch dtype of a precision name: ``"bf16"`` -> ``torch.bfloat16``."""
+    return PRECISION_DTYPES[check_precision(precision)]
+
+
+def precision_name(dtype: torch.dtype | str) -> str:
+    """The precision name of a torch dtype or of a dtype's name (``"bfloat16"``, ``"half"``, ``"bf16"``...)."""
+    if isinstance(dtype, torch.dtype):
+        names = {v: k for k, v in PRECISION_DTYPES.items()}
+        if dtype in names:
+            return names[dtype]
+    else:
+        aliases = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32"}
+        name = aliases.get(dtype, dtype)
+        if name in PRECISIONS:
+            return name
+    raise ValueError(f"dtype must be bf16, fp16 or fp32, got {dtype!r}")
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The dtype autocast computes matmuls in, or None for fp32 (no autocast at all)."""
+    return None if check_precision(precision) == "fp32" else PRECISION_DTYPES[precision]
+
+
+def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager:
+    """Matmuls in bf16/fp16, weights and their updates still fp32 (mixed precision); fp32: nothing changes."""
+    dtype = autocast_dtype(precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto``: cuda when available, else cpu. MPS is never chosen automatically (see the note printed)."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            print("note: Apple MPS is available but not used: the course has not verified that it gives the same "
+                  "losses as the CPU. Pass device='mps' to try it anyway.", file=sys.stderr)
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} was asked for but torch.cuda.is_available() is False; use 'cpu' or 'auto'")
+    if device.type == "mps":
+        print("note: training on Apple MPS is unverified in this course; compare a few losses with device='cpu'.",
+              file=sys.stderr)
+    return device
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU has bf16 matmul instructions (AVX512-BF16 or AMX), where bf16 beats fp32."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, c, lambda: False)() for c in checks)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: bf16 where the hardware does it natively, fp16 (+ GradScaler) on older GPUs, else fp32."""
+    check_precision(precision, allow_auto=True)
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        if device.type == "cpu":
+            return "bf16" if cpu_has_fast_bf16() else "fp32"
+        return "fp32"
+    if precision == "fp16" and device.type == "cpu":
+        raise ValueError("precision='fp16' needs a GPU; on CPU use 'bf16' or 'fp32'")
+    return precision
+
+
+def peak_memory(device: torch.device) -> int:
+    """Bytes: the caching allocator's peak on a GPU; on a CPU the process's peak resident memory."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    # ru_maxrss is in bytes on macOS and in KiB on Linux
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * (1 if sys.platform == "darwin" else 1024)
