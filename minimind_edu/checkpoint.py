@@ -6,7 +6,9 @@ read back with ``torch.load(weights_only=True)``), ``config.json`` (model + trai
 tokenizer files. A checkpoint is written into ``.tmp-step_...`` and renamed when complete, so a crash
 mid-write never damages the previous one; only the newest ``keep_last`` are kept.
 
-:mod:`minimind_edu.train` re-exports everything here; import from either.
+Everything that reads a trained model back goes through here, whichever folder a learner points at: a run's
+output folder (its newest checkpoint), one checkpoint, or a Hugging Face folder written by ``export``.
+Weights are read from safetensors only, so loading a model never runs code from a file.
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
+from .device import precision_dtype
+from .hf import export_hf, load_hf
 from .model import MiniMind, ModelConfig
 from .tokenizer import load_tokenizer
 
@@ -128,7 +132,25 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> M
     return model.to(device).eval()
 
 
+def is_hf_folder(path: Path) -> bool:
+    """True for a folder written by ``export`` (a Hugging Face config), not a training checkpoint."""
+    config = path / "config.json"
+    return config.exists() and "architectures" in json.loads(config.read_text(encoding="utf-8"))
+
+
 def load_trained(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[MiniMind, Tokenizer]:
-    """``(model, tokenizer)`` from a checkpoint: ready for :func:`minimind_edu.generate.stream_text`."""
-    ckpt = resolve_checkpoint(path)
-    return load_model(ckpt, device), load_tokenizer(ckpt)
+    """``(model, tokenizer)``, ready for :func:`minimind_edu.generate.stream_text`, from a run's folder (its
+    newest checkpoint), a checkpoint folder, or a folder written by ``export``."""
+    folder = resolve_checkpoint(path)
+    model = load_hf(folder).to(device).eval() if is_hf_folder(folder) else load_model(folder, device)
+    return model, load_tokenizer(folder)
+
+
+def export_checkpoint(path: str | os.PathLike, out_dir: str | os.PathLike, dtype: str = "fp32") -> Path:
+    """Write a training checkpoint (or a run's newest) as a Hugging Face folder, tokenizer included."""
+    folder = resolve_checkpoint(path)
+    if Path(out_dir).resolve() == folder.resolve():
+        raise ValueError(f"{out_dir}: that is the checkpoint being exported; give another output folder")
+    model = load_model(folder).to(precision_dtype(dtype))
+    tokenizer_dir = folder if (folder / "tokenizer.json").exists() else None
+    return export_hf(model, out_dir, tokenizer_dir=tokenizer_dir)

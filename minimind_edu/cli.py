@@ -1,16 +1,21 @@
-"""The ``minimind-edu`` command line; each subcommand calls the same library code as the notebooks."""
-from __future__ import annotations
+"""The ``minimind-edu`` command line: the only module that knows argparse.
 
-from dataclasses import replace
+Each subcommand parses its flags, calls one typed library function (the same code the notebooks run) and
+prints. Bad input ends in one line on stderr and exit status 2; the library's :class:`InvalidArgument`
+names the argument, which is printed here as the flag that set it.
+"""
+from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 
 from .corpus import CorpusError
+from .errors import InvalidArgument, at_least
 from .tokenizer import TokenizerError
 
 
-# --- issue 2: train-tokenizer -------------------------------------------------------------------------------
+# --- train-tokenizer -------------------------------------------------------------------------------------
 def add_train_tokenizer_command(sub: argparse._SubParsersAction) -> None:
     from .tokenizer import DEFAULT_VOCAB_SIZE
 
@@ -42,7 +47,7 @@ def add_train_tokenizer_command(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-# --- issue 3: presets ----------------------------------------------------------------------------------------
+# --- presets ----------------------------------------------------------------------------------------------
 def add_presets_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("presets", help="list the model presets with their parameter counts and sizes")
     p.add_argument("--json", action="store_true", help="print the same information as JSON")
@@ -86,7 +91,7 @@ def add_presets_command(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-# --- issue 4: memory -----------------------------------------------------------------------------------------
+# --- memory -----------------------------------------------------------------------------------------------
 def add_memory_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("memory", help="estimate (and optionally measure) the memory of a training step")
     p.add_argument("--preset", default="minimind2-small", help="model preset (default: minimind2-small)")
@@ -158,13 +163,7 @@ def add_memory_command(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-# --- issue 5/6: pretrain, generate, export -------------------------------------------------------------------
-
-def add_pretrain_commands(sub: argparse._SubParsersAction) -> None:
-    add_pretrain_command(sub)
-    add_generate_command(sub)
-    add_export_command(sub)
-
+# --- pretrain, generate, export -------------------------------------------------------------------------
 
 def add_pretrain_command(sub: argparse._SubParsersAction) -> None:
     from .model import PRESETS
@@ -216,9 +215,22 @@ def add_pretrain_command(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_pretrain(args: argparse.Namespace) -> int:
-    from .pretrain import run_pretrain_cli
+    import torch
 
-    return run_pretrain_cli(args)
+    from .pretrain import PretrainOptions, run_pretrain
+
+    at_least("threads", args.threads, 1)  # a process setting, so the command line's own
+    options = PretrainOptions(
+        preset=args.preset, data=args.data, valid_data=args.valid_data, tokenizer=args.tokenizer, steps=args.steps,
+        epochs=args.epochs, minutes=args.minutes, batch=args.batch, seq=args.seq, accum=args.accum, lr=args.lr,
+        warmup=args.warmup, precision=args.precision, device=args.device, out=args.out, seed=args.seed,
+        resume=args.resume, compile=args.compile, eval_every=args.eval_every, log_every=args.log_every,
+        save_every=args.save_every, samples=args.samples, progress=not args.no_progress,
+    )
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    run_pretrain(options)
+    return 0
 
 
 def add_generate_command(sub: argparse._SubParsersAction) -> None:
@@ -241,11 +253,12 @@ def add_generate_command(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_generate(args: argparse.Namespace) -> int:
-    from .pretrain import (SAMPLE_PROMPTS, check_sampling_arguments, device_argument, load_for_generation,
-                           print_samples, stream_chat)
+    from .checkpoint import load_trained
+    from .device import resolve_device
+    from .generate import SAMPLE_PROMPTS, check_sampling, print_samples, stream_chat
 
-    check_sampling_arguments(args)
-    model, tokenizer = load_for_generation(args.path, device_argument(args.device))
+    check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+    model, tokenizer = load_trained(args.path, resolve_device(args.device))
     options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     if args.chat:
         for message in args.prompt or ["Tell me a story about a cat.", "写一首关于春天的诗。"]:
@@ -272,7 +285,7 @@ def add_export_command(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from .pretrain import export_checkpoint
+    from .checkpoint import export_checkpoint
 
     out = export_checkpoint(args.path, args.out, args.dtype)
     print(f"exported to {out}; load it with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
@@ -285,10 +298,15 @@ def main(argv: list[str] | None = None) -> int:
     add_train_tokenizer_command(sub)
     add_presets_command(sub)
     add_memory_command(sub)
-    add_pretrain_commands(sub)
+    add_pretrain_command(sub)
+    add_generate_command(sub)
+    add_export_command(sub)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except InvalidArgument as err:  # the library names the argument; here it is the flag that set it
+        print(f"minimind-edu {args.command}: error: --{err.argument.replace('_', '-')} {err.detail}", file=sys.stderr)
+        return 2
     except (CorpusError, TokenizerError, ValueError, FileNotFoundError) as err:
         print(f"minimind-edu {args.command}: error: {err}", file=sys.stderr)
         return 2

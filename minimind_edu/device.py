@@ -12,6 +12,8 @@ import sys
 
 import torch
 
+from .errors import InvalidArgument
+
 PRECISIONS = ("bf16", "fp16", "fp32")
 PRECISION_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -65,9 +67,12 @@ def resolve_device(name: str = "auto") -> torch.device:
             print("note: Apple MPS is available but not used: the course has not verified that it gives the same "
                   "losses as the CPU. Pass device='mps' to try it anyway.", file=sys.stderr)
         return torch.device("cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:  # torch's own message lists the device types it knows
+        raise InvalidArgument("device", f"{name}: {err}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} was asked for but torch.cuda.is_available() is False; use 'cpu' or 'auto'")
+        raise InvalidArgument("device", f"{name}: asked for, but torch.cuda.is_available() is False; use cpu or auto")
     if device.type == "mps":
         print("note: training on Apple MPS is unverified in this course; compare a few losses with device='cpu'.",
               file=sys.stderr)

@@ -1,7 +1,13 @@
-"""Sampling text from a MiniMind model: temperature, top-k, top-p, a KV cache, and a streaming form."""
+"""Sampling text from a MiniMind model: temperature, top-k, top-p, a KV cache, and text that streams.
+
+Generation is where a learner meets the model they trained, so it streams: token ids become text as soon as
+they form whole characters (a Chinese character is often two or three byte-level tokens), and long lines
+wrap at word boundaries the way a notebook's output area would not.
+"""
 from __future__ import annotations
 
 import unicodedata
+import sys
 from collections.abc import Iterator, Sequence
 from typing import TextIO
 
@@ -9,8 +15,15 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
+from .errors import InvalidArgument, at_least
 from .model import MiniMind
-from .tokenizer import BOS_ID, EOS_ID
+from .tokenizer import BOS_ID, EOS_ID, apply_chat_template
+
+# Openings in the style of the training text: TinyStories (en) and a Tang poem's title line (zh).
+SAMPLE_PROMPTS: dict[str, list[str]] = {
+    "en": ["Once upon a time, there was a little", "One day, Lily went to the park with her"],
+    "zh": ["《春夜》李白\n", "《秋思》\n"],
+}
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
@@ -120,6 +133,62 @@ def stream_text(model: MiniMind, tokenizer: Tokenizer, prompt: str, max_new_toke
     """
     prompt_ids = [BOS_ID] + tokenizer.encode(prompt).ids
     yield from stream_text_from_ids(model, tokenizer, prompt_ids, max_new_tokens, **kwargs)
+
+
+def print_samples(
+    model: MiniMind,
+    tokenizer: Tokenizer,
+    prompts: dict[str, Sequence[str]] | None = None,
+    max_new_tokens: int = 60,
+    temperature: float = 0.8,
+    top_k: int | None = 40,
+    seed: int | None = 0,
+    out: TextIO | None = None,
+    top_p: float | None = None,
+    width: int = 100,
+) -> dict[str, str]:
+    """Stream a continuation of each prompt to ``out`` (stdout), lines wrapped before ``width`` columns;
+    returns {prompt: continuation}."""
+    out = out or sys.stdout
+    samples = {}
+    for lang, texts in (prompts or SAMPLE_PROMPTS).items():
+        for prompt in texts:
+            writer = WrappedWriter(out, width)
+            writer.write(f"[{lang}] {prompt}")
+            pieces = []
+            for piece in stream_text(model, tokenizer, prompt, max_new_tokens, temperature=temperature, top_k=top_k,
+                                     top_p=top_p, seed=seed):
+                pieces.append(piece)
+                writer.write(piece)
+            writer.flush()
+            out.write("\n\n")
+            samples[prompt] = "".join(pieces)
+    return samples
+
+
+def stream_chat(model: MiniMind, tokenizer: Tokenizer, message: str, max_new_tokens: int = 100,
+                **kwargs) -> Iterator[str]:
+    """Answer one user message in MiniMind's ChatML format (stops at ``<|im_end|>``); yields text pieces.
+
+    A model that was only pretrained has never seen a conversation, so expect it to continue the text rather
+    than answer: chat behaviour comes from supervised fine-tuning, the step after pretraining.
+    """
+    text = apply_chat_template([{"role": "user", "content": message}], add_generation_prompt=True)
+    prompt_ids = tokenizer.encode(text, add_special_tokens=False).ids
+    yield from stream_text_from_ids(model, tokenizer, prompt_ids, max_new_tokens, **kwargs)
+
+
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None = None,
+                   top_p: float | None = None) -> None:
+    """Refuse sampling settings that cannot work, naming the argument, before the first token is printed
+    (an error in the middle of a streamed line is hard to read)."""
+    at_least("max_new_tokens", max_new_tokens, 1)
+    if not temperature >= 0:
+        raise InvalidArgument("temperature", f"must be >= 0 (0: always the most likely token), got {temperature:g}")
+    if top_k is not None and top_k < 0:
+        raise InvalidArgument("top_k", f"must be >= 0 (0: no top-k filter), got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise InvalidArgument("top_p", f"must be in (0, 1], got {top_p:g}")
 
 
 class WrappedWriter:

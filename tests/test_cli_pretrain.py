@@ -9,8 +9,8 @@ import torch
 
 from minimind_edu.cli import main
 from minimind_edu.corpus import default_corpus_files
-from minimind_edu.pretrain import read_metrics, resolve_checkpoint
-from minimind_edu.train import load_model
+from minimind_edu.checkpoint import load_model, resolve_checkpoint
+from minimind_edu.metrics import read_metrics
 
 TINY = ["--preset", "tiny", "--batch", "4", "--seq", "32", "--device", "cpu", "--no-progress", "--log-every", "1"]
 
@@ -172,22 +172,6 @@ def test_generate_and_export_without_a_checkpoint_say_so(tmp_path, capsys):
         assert main(command) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and str(empty) in err and "no checkpoint" in err
-
-
-def test_plan_schedule_defaults_match_make_pretrain():
-    # What notebook 05 (full mode) and `make pretrain` share: a time budget on a CPU, epochs on a GPU.
-    from types import SimpleNamespace
-
-    from minimind_edu.pretrain import DEFAULT_CPU_MINUTES, plan_schedule
-
-    data = SimpleNamespace(n_tokens=32 * 100 + 1)  # exactly 100 windows of 32 tokens
-    assert plan_schedule("cpu", data, 4, 32) == {"time_budget_min": DEFAULT_CPU_MINUTES, "eval_every": 100,
-                                                 "save_every": 250}
-    on_gpu = plan_schedule("cuda", data, 4, 32)  # 2 epochs of 100 windows, 4 per step
-    assert on_gpu == {"max_steps": 50, "eval_every": 2, "save_every": 5, "warmup_steps": 5}
-    assert plan_schedule("cuda", data, 4, 32, world_size=2)["max_steps"] == 25  # each rank reads its own rows
-    assert plan_schedule("cpu", data, 4, 32, epochs=1)["max_steps"] == 25
-    assert plan_schedule("cpu", data, 4, 32, steps=7, minutes=3)["max_steps"] == 7
 
 
 @pytest.mark.parametrize("option, value, message", [

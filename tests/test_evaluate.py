@@ -1,4 +1,4 @@
-"""Validation loss and bits per byte by language, and the small pretraining helpers, on worked examples."""
+"""Validation loss and bits per byte by language, on worked examples."""
 from __future__ import annotations
 
 import io
@@ -12,7 +12,6 @@ from minimind_edu.corpus import CorpusError
 from minimind_edu.data import TokenData
 from minimind_edu.evaluate import evaluate_by_language, evaluate_documents, format_results
 from minimind_edu.model import MiniMind, get_preset
-from minimind_edu.pretrain import choose_setup, plot_metrics, print_samples, steps_for_epochs
 from minimind_edu.tokenizer import get_default_tokenizer
 
 DOCS = ["Once upon a time there was a cat.", "The dog ran home.", "床前明月光，疑是地上霜。"]
@@ -65,36 +64,6 @@ def test_by_language_and_table():
 def test_empty_documents_are_an_error():
     with pytest.raises(CorpusError, match="no non-blank document"):
         evaluate_documents(uniform_model(), get_default_tokenizer(), ["", "  "])
-
-
-def test_steps_for_epochs_worked_example():
-    data = TokenData(np.arange(1001, dtype=np.uint16), np.array([0, 1001]))
-    # 1001 tokens -> 1000 predictions -> 15 windows of 64; 2 epochs at 4 windows per step -> ceil(30 / 4) = 8
-    assert steps_for_epochs(data, 2.0, batch_size=4, seq_len=64) == 8
-    assert steps_for_epochs(data, 2.0, batch_size=2, seq_len=64, grad_accum_steps=2) == 8
-    with pytest.raises(ValueError, match="epochs"):
-        steps_for_epochs(data, 0, 4, 64)
-
-
-def test_choose_setup():
-    assert choose_setup("cpu").preset == "course-cpu"
-    gpu = choose_setup("cuda")
-    assert (gpu.preset, gpu.seq_len) == ("minimind2-small", 512)
-
-
-def test_print_samples_streams_every_prompt():
-    out = io.StringIO()
-    samples = print_samples(uniform_model(), get_default_tokenizer(), {"en": ["Once"], "zh": ["《春》"]},
-                            max_new_tokens=3, seed=0, out=out)
-    assert list(samples) == ["Once", "《春》"]
-    assert out.getvalue().startswith("[en] Once") and "[zh] 《春》" in out.getvalue()
-
-
-def test_plot_metrics(tmp_path):
-    records = [{"step": 1, "tokens": 1000, "loss": 8.0}, {"step": 2, "tokens": 2000, "loss": 7.0, "val_loss": 7.5}]
-    ax = plot_metrics(records, tmp_path / "curve.png")
-    assert (tmp_path / "curve.png").exists()
-    assert [line.get_label() for line in ax.get_lines()] == ["train loss", "validation loss"]
 
 
 def test_the_figures_in_the_module_docstring():

@@ -1,10 +1,14 @@
 """Streaming text: pieces are only yielded once a character's bytes are complete, BOS goes first, EOS stops."""
 from __future__ import annotations
 
+import io
+
+import pytest
 import torch
 
-from minimind_edu.generate import stream_text, stream_text_from_ids
-from minimind_edu.model import ModelOutput, get_preset
+from minimind_edu.errors import InvalidArgument
+from minimind_edu.generate import check_sampling, print_samples, stream_text, stream_text_from_ids
+from minimind_edu.model import MiniMind, ModelOutput, get_preset
 from minimind_edu.tokenizer import BOS_ID, EOS_ID, get_default_tokenizer
 
 
@@ -68,11 +72,35 @@ def test_wrapped_writer_breaks_english_at_spaces_and_chinese_anywhere():
 def test_print_samples_wraps_long_continuations(monkeypatch):
     import io
 
-    from minimind_edu import pretrain
+    from minimind_edu import generate
 
-    monkeypatch.setattr(pretrain, "stream_text", lambda *a, **k: iter([" word"] * 50))
+    monkeypatch.setattr(generate, "stream_text", lambda *a, **k: iter([" word"] * 50))
     out = io.StringIO()
-    samples = pretrain.print_samples(None, None, {"en": ["Once"]}, out=out, width=40)
+    samples = generate.print_samples(None, None, {"en": ["Once"]}, out=out, width=40)
     assert samples == {"Once": " word" * 50}
     lines = out.getvalue().strip().split("\n")
     assert len(lines) > 5 and max(map(len, lines)) <= 40 and lines[0].startswith("[en] Once word")
+
+
+def test_print_samples_streams_every_prompt():
+    model = MiniMind(get_preset("tiny"))
+    with torch.no_grad():  # a zero embedding (tied to the LM head): all-zero logits, every token equally likely
+        model.embed_tokens.weight.zero_()
+    out = io.StringIO()
+    samples = print_samples(model, get_default_tokenizer(), {"en": ["Once"], "zh": ["《春》"]},
+                            max_new_tokens=3, seed=0, out=out)
+    assert list(samples) == ["Once", "《春》"]
+    assert out.getvalue().startswith("[en] Once") and "[zh] 《春》" in out.getvalue()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(max_new_tokens=0, temperature=1.0), "max_new_tokens must be at least 1, got 0"),
+    (dict(max_new_tokens=5, temperature=-0.5), "temperature must be >= 0 (0: always the most likely token), got -0.5"),
+    (dict(max_new_tokens=5, temperature=1.0, top_k=-1), "top_k must be >= 0 (0: no top-k filter), got -1"),
+    (dict(max_new_tokens=5, temperature=1.0, top_p=0.0), "top_p must be in (0, 1], got 0"),
+])
+def test_sampling_settings_are_checked_by_name(kwargs, message):
+    with pytest.raises(InvalidArgument) as err:
+        check_sampling(**kwargs)
+    assert str(err.value) == message
+    check_sampling(max_new_tokens=1, temperature=0.0, top_k=0, top_p=1.0)  # the edges are allowed

@@ -1,0 +1,58 @@
+"""Pretraining's choices: the model and batch for a device, the run's length, and the options' checks."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from minimind_edu.data import TokenData
+from minimind_edu.errors import InvalidArgument
+from minimind_edu.pretrain import DEFAULT_CPU_MINUTES, PretrainOptions, choose_setup, plan_schedule, steps_for_epochs
+
+
+def test_steps_for_epochs_worked_example():
+    data = TokenData(np.arange(1001, dtype=np.uint16), np.array([0, 1001]))
+    # 1001 tokens -> 1000 predictions -> 15 windows of 64; 2 epochs at 4 windows per step -> ceil(30 / 4) = 8
+    assert steps_for_epochs(data, 2.0, batch_size=4, seq_len=64) == 8
+    assert steps_for_epochs(data, 2.0, batch_size=2, seq_len=64, grad_accum_steps=2) == 8
+    with pytest.raises(ValueError, match="epochs"):
+        steps_for_epochs(data, 0, 4, 64)
+
+
+def test_choose_setup():
+    assert choose_setup("cpu").preset == "course-cpu"
+    gpu = choose_setup("cuda")
+    assert (gpu.preset, gpu.seq_len) == ("minimind2-small", 512)
+
+
+def test_plan_schedule_defaults_match_make_pretrain():
+    # What notebook 05 (full mode) and `make pretrain` share: a time budget on a CPU, epochs on a GPU.
+    data = SimpleNamespace(n_tokens=32 * 100 + 1)  # exactly 100 windows of 32 tokens
+    assert plan_schedule("cpu", data, 4, 32) == {"time_budget_min": DEFAULT_CPU_MINUTES, "eval_every": 100,
+                                                 "save_every": 250}
+    on_gpu = plan_schedule("cuda", data, 4, 32)  # 2 epochs of 100 windows, 4 per step
+    assert on_gpu == {"max_steps": 50, "eval_every": 2, "save_every": 5, "warmup_steps": 5}
+    assert plan_schedule("cuda", data, 4, 32, world_size=2)["max_steps"] == 25  # each rank reads its own rows
+    assert plan_schedule("cpu", data, 4, 32, epochs=1)["max_steps"] == 25
+    assert plan_schedule("cpu", data, 4, 32, steps=7, minutes=3)["max_steps"] == 7
+
+
+def test_options_name_the_bad_argument(tmp_path):
+    cases = [
+        (dict(batch=0), "batch must be at least 1, got 0"),
+        (dict(warmup=-1), "warmup must be at least 0, got -1"),
+        (dict(minutes=0.0), "minutes must be positive, got 0"),
+        (dict(lr=float("nan")), "lr must be positive, got nan"),
+        (dict(steps=3, minutes=1.0), "minutes cannot be combined with steps"),
+        (dict(preset="gpt5"), "preset 'gpt5' is unknown; choose one of: minimind2-small"),
+        (dict(precision="int8"), "precision must be one of auto, bf16, fp16, fp32"),
+        (dict(valid_data=[str(tmp_path)]), f"valid_data {tmp_path}: is a folder"),
+        (dict(data=[str(tmp_path / "missing.txt")]), "data " + str(tmp_path / "missing.txt") + ": no such file"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError) as err:
+            PretrainOptions(**kwargs)
+        assert str(err.value).startswith(message), (kwargs, str(err.value))
+        if isinstance(err.value, InvalidArgument):  # the command line prints it as the flag
+            assert str(err.value) == f"{err.value.argument} {err.value.detail}"
