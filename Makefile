@@ -1,5 +1,6 @@
 # One-command set-up for the course. Every target creates .venv on first use.
 #   make test      install everything, then run the whole test suite (notebooks included, fast mode)
+#   make lint      install everything, then check the style of the code and notebooks with ruff
 #   make lab       install everything, then open JupyterLab at notebooks/
 #   make pretrain  install everything, then pretrain the course model from the command line
 #   make browser   install Chromium (Debian's package) for the browser tests in tests/e2e (needs root or sudo)
@@ -17,7 +18,7 @@ TORCH_INDEX ?=
 PYTEST_ARGS ?=
 PRETRAIN_ARGS ?=
 
-.PHONY: setup test lab pretrain browser e2e readme-screenshot clean
+.PHONY: setup test lint lab pretrain browser e2e readme-screenshot clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +32,9 @@ setup: $(VENV)/.installed
 # Two pytest workers on two cores: one thread each, or PyTorch's threads fight and everything slows down.
 test: setup
 	MINIMIND_EDU_FAST=1 MPLBACKEND=Agg OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile --nbval-lax $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
 
 # As root (a container, a cloud VM) JupyterLab refuses to start unless told --allow-root.
 lab: setup

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from minimind_edu.model import MiniMind, get_preset
-from minimind_edu.train import adamw_implementation, make_optimizer, param_groups
+from minimind_edu.optim import adamw_implementation, make_optimizer, param_groups
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -32,7 +32,8 @@ import torch
 from minimind_edu import flops
 from minimind_edu.data import TokenData
 from minimind_edu.model import MiniMind, get_preset
-from minimind_edu.train import Trainer, TrainConfig, autocast
+from minimind_edu.device import autocast
+from minimind_edu.train import TrainConfig, Trainer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

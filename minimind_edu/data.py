@@ -1,22 +1,9 @@
 """From text files to training batches: tokenize once, memory-map, cut into windows, shuffle by seed.
 
-Public API (stable; ``train.py``, the CLI and notebooks 04/05 build on it)::
-
-    TokenData                                  # tokens (np.ndarray or np.memmap) + doc_offsets; .n_tokens, .n_docs
-        .doc(i) -> np.ndarray                  # the tokens of document i ([BOS] + ids + [EOS])
-        .slice_docs(start, stop) -> TokenData  # a view of a contiguous range of documents
-        .check_vocab(vocab_size, what)         # CorpusError if a token id is >= vocab_size
-    tokenize_documents(docs, tokenizer) -> TokenData               # in memory, for small lists
-    tokenize_files(paths, tokenizer_dir=None, progress=True) -> TokenData   # streamed + cached in cache_dir()
-    load_splits(train_paths=None, valid_paths=None, tokenizer_dir=None,
-                valid_fraction=0.02, progress=True) -> (train, valid)      # never leaking split
-    PackedBatches(data, batch_size, seq_len, seed=0, rank=0, world_size=1)  # the default
-    PaddedBatches(data, batch_size, seq_len, seed=0, rank=0, world_size=1)  # MiniMind's one doc per row
-        .next() -> (inputs, targets)           # LongTensors (batch_size, seq_len); padding targets = IGNORE_INDEX
-        .state_dict() / .load_state_dict(d)    # the data position: {"consumed": int, "seed": int}
-        .eval_batches(n) -> list of batches    # a fixed set spread over the data (same every call)
-    make_batches(data, kind="packed"|"padded", ...) -> PackedBatches | PaddedBatches
-    padding_waste(data, seq_len) -> dict       # how much compute one-doc-per-row padding wastes
+A corpus is tokenized once into a flat token file in the cache (keyed by the files' contents and the
+tokenizer), then memory-mapped, so that a corpus larger than memory trains as well as the shipped one.
+Batches are a pure function of a seed and a position, so a checkpoint can save the position and a resumed
+run continues with the very next batch, and several processes can each take their own share.
 
 Token stream convention: every document is ``[BOS] + ids + [EOS]`` (BOS=1, EOS=2). Packed windows are
 ``seq_len + 1`` tokens long (inputs = window[:-1], targets = window[1:]) and consecutive windows share

@@ -88,6 +88,23 @@ def toy_data(n_tokens: int, seed: int = 0, vocab: int = 6400) -> TokenData:
     return TokenData(tokens, np.array([0, n_tokens], dtype=np.int64))
 
 
+# --- proofs --------------------------------------------------------------------------------------------------
+
+
+def captured_grads(cfg: TrainConfig, data: TokenData) -> dict[str, torch.Tensor]:
+    trainer = Trainer(cfg, train_data=data, valid_data=None)
+    grads = {}
+    step = trainer.optimizer.step
+
+    def capture(*a, **k):
+        grads.update({n: p.grad.clone() for n, p in trainer.model.named_parameters()})
+        return step(*a, **k)
+
+    trainer.optimizer.step = capture
+    trainer.train_step()
+    return grads
+
+
 def test_grad_accumulation_equals_one_big_batch():
     data = toy_data(2000)
     common = dict(model="tiny", seq_len=16, out_dir=None, progress=False, precision="fp32", grad_clip=0.0)
@@ -266,3 +283,17 @@ def test_vocab_mismatch_and_resume_mismatch(tmp_path, corpus):
     train(base_cfg(corpus, out, max_steps=1))
     with pytest.raises(ValueError, match="seq_len"):
         Trainer(base_cfg(corpus, out, seq_len=16), resume=True)
+
+
+def test_config_validates_on_construction_and_refuses_unknown_keys():
+    with pytest.raises(ValueError, match="TrainConfig.batch_size must be at least 1, got 0"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="seq_len=4096 exceeds the model's max_position_embeddings=2048"):
+        TrainConfig(model="course-cpu", seq_len=4096)
+    with pytest.raises(ValueError, match='batch_kind must be "packed" or "padded"'):
+        replace(TrainConfig(), batch_kind="pading")  # a copy is checked like a new config
+    with pytest.raises(ValueError, match="unknown TrainConfig field\\(s\\): bacth_size, lr_max"):
+        TrainConfig.from_dict({"bacth_size": 4, "lr_max": 1e-3})
+    cfg = TrainConfig(model=get_preset("tiny"), batch_size=3, betas=(0.8, 0.9))
+    back = TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))  # through JSON, as in config.json
+    assert back == cfg and back.betas == (0.8, 0.9) and back.model == get_preset("tiny")
