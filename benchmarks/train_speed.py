@@ -31,8 +31,8 @@ import torch
 
 from minimind_edu import flops
 from minimind_edu.data import TokenData
-from minimind_edu.model import MiniMind, get_preset
 from minimind_edu.device import autocast
+from minimind_edu.model import MiniMind, get_preset
 from minimind_edu.train import TrainConfig, Trainer
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -256,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  reference {s['reference_tokens_per_s']['median']:8.0f} tokens/s  MFU {s['reference_mfu']['median']:.1%}")
     b = result["best"]
     print(f"  best step vs best matmul over all rounds: trainer {b['trainer_tokens_per_s']:.0f} tokens/s, MFU "
-          f"{b['trainer_mfu']:.1%} of {b['matmul_peak_flops'] / 1e9:.0f} GFLOP/s; reference MFU {b['reference_mfu']:.1%}")
+          f"{b['trainer_mfu']:.1%} of {b['matmul_peak_flops'] / 1e9:.0f} GFLOP/s; "
+          f"reference MFU {b['reference_mfu']:.1%}")
     print(f"  trainer / reference speed: {s['trainer_vs_reference']['median']:.2f} "
           f"(range {s['trainer_vs_reference']['min']:.2f}-{s['trainer_vs_reference']['max']:.2f})")
     print(f"wrote {out}")

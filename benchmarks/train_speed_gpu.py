@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.cuda.is_available():
             p.error("no CUDA GPU is visible; run with --dry-run to check the script on the CPU")
         device = torch.device("cuda")
-        preset, batch, seq, steps = args.preset or "minimind2-small", args.batch or 32, args.seq or 512, args.steps or 30
+        preset, batch = args.preset or "minimind2-small", args.batch or 32
+        seq, steps = args.seq or 512, args.steps or 30
         warmup = args.warmup
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (dry run)"
 

@@ -91,7 +91,8 @@ def iter_jsonl_documents(path: str | os.PathLike) -> Iterator[str]:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as err:
                 raise CorpusError(
-                    f"{path}:{lineno}: not UTF-8 (invalid byte 0x{raw[err.start]:02x} at byte offset {offset + err.start}); "
+                    f"{path}:{lineno}: not UTF-8 (invalid byte 0x{raw[err.start]:02x} "
+                    f"at byte offset {offset + err.start}); "
                     "re-save the file as UTF-8"
                 ) from None
             offset += len(raw)
@@ -100,7 +101,8 @@ def iter_jsonl_documents(path: str | os.PathLike) -> Iterator[str]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as err:
-                raise CorpusError(f"{path}:{lineno}: not valid JSON ({err.msg}); each line must be one JSON object") from None
+                raise CorpusError(
+                    f"{path}:{lineno}: not valid JSON ({err.msg}); each line must be one JSON object") from None
             if not isinstance(obj, dict) or "text" not in obj:
                 raise CorpusError(f'{path}:{lineno}: missing the "text" field; expected {{"text": "..."}} per line')
             if not isinstance(obj["text"], str):

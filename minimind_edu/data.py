@@ -66,9 +66,10 @@ class TokenData:
         """All tokens of these documents, in order (a view, no copy)."""
         return self.tokens[self.doc_offsets[0] : self.doc_offsets[-1]]
 
-    def slice_docs(self, start: int, stop: int) -> "TokenData":
+    def slice_docs(self, start: int, stop: int) -> TokenData:
         # max_token_id of the whole is an upper bound for the part: cheap, and only errs towards checking
-        return TokenData(self.tokens, self.doc_offsets[start : stop + 1], f"{self.source}[docs {start}:{stop}]", self.max_token_id)
+        return TokenData(self.tokens, self.doc_offsets[start : stop + 1], f"{self.source}[docs {start}:{stop}]",
+                         self.max_token_id)
 
     def check_vocab(self, vocab_size: int, what: str = "the model") -> None:
         """Raise ``CorpusError`` if a token id does not fit an embedding table of ``vocab_size`` rows."""
@@ -99,7 +100,8 @@ def tokenize_documents(docs: Iterable[str], tokenizer: Tokenizer | None = None, 
         raise CorpusError(f"{source}: the corpus is empty (no non-blank document)")
     encoded = _encode_docs(tok, docs)
     lengths = np.array([len(e) for e in encoded], dtype=np.int64)
-    tokens = np.fromiter((t for e in encoded for t in e), dtype=_token_dtype(tok.get_vocab_size()), count=int(lengths.sum()))
+    tokens = np.fromiter((t for e in encoded for t in e), dtype=_token_dtype(tok.get_vocab_size()),
+                         count=int(lengths.sum()))
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     return TokenData(tokens, offsets, source, int(tokens.max()))
 
@@ -305,7 +307,8 @@ class _Batches:
 class PackedBatches(_Batches):
     """Documents laid end to end and cut into windows of ``seq_len + 1`` tokens: no padding at all."""
 
-    def __init__(self, data: TokenData, batch_size: int, seq_len: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+    def __init__(self, data: TokenData, batch_size: int, seq_len: int, seed: int = 0, rank: int = 0,
+                 world_size: int = 1):
         if seq_len < 1:
             raise ValueError(f"seq_len must be at least 1, got {seq_len}")
         self.data, self.seq_len, self.flat = data, seq_len, data.flat()
@@ -330,7 +333,8 @@ class PaddedBatches(_Batches):
     still computes every padded position: that is the waste :func:`padding_waste` measures.
     """
 
-    def __init__(self, data: TokenData, batch_size: int, seq_len: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+    def __init__(self, data: TokenData, batch_size: int, seq_len: int, seed: int = 0, rank: int = 0,
+                 world_size: int = 1):
         if seq_len < 1:
             raise ValueError(f"seq_len must be at least 1, got {seq_len}")
         self.data, self.seq_len = data, seq_len

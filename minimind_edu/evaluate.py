@@ -93,7 +93,8 @@ def evaluate_documents(
             length = min(seq_len, n - starts[0])
             x = torch.from_numpy(np.stack([inputs_all[s : s + length] for s in starts])).to(device)
             y = torch.from_numpy(np.stack([targets_all[s : s + length] for s in starts])).to(device)
-            with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+            enabled = autocast_dtype is not None
+            with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=enabled):
                 logits = model(x).logits
             nll = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
             total_nll += float(nll)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -159,7 +159,7 @@ def time_matmul_flops(dtype: torch.dtype | str = torch.bfloat16, size: int = 204
     return 2 * size**3 / best
 
 
-@lru_cache(maxsize=None)
+@cache
 def _measure_cached(dtype_key: str, size: int, repeats: int, threads: int) -> float:
     # ``threads`` is only part of the cache key: the rate changes with torch.set_num_threads.
     return time_matmul_flops(dtype_key, size, repeats)

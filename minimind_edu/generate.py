@@ -6,8 +6,8 @@ wrap at word boundaries the way a notebook's output area would not.
 """
 from __future__ import annotations
 
-import unicodedata
 import sys
+import unicodedata
 from collections.abc import Iterator, Sequence
 from typing import TextIO
 
@@ -101,7 +101,8 @@ def stream_generate(
         model.train(was_training)
 
 
-def generate(model: MiniMind, prompt_ids: Sequence[int] | torch.Tensor, max_new_tokens: int = 64, **kwargs) -> list[int]:
+def generate(model: MiniMind, prompt_ids: Sequence[int] | torch.Tensor, max_new_tokens: int = 64,
+             **kwargs) -> list[int]:
     """The new token ids, all at once (see :func:`stream_generate` for the options)."""
     return list(stream_generate(model, prompt_ids, max_new_tokens, **kwargs))
 
@@ -126,7 +127,8 @@ def stream_text_from_ids(
             shown = text
 
 
-def stream_text(model: MiniMind, tokenizer: Tokenizer, prompt: str, max_new_tokens: int = 64, **kwargs) -> Iterator[str]:
+def stream_text(model: MiniMind, tokenizer: Tokenizer, prompt: str, max_new_tokens: int = 64,
+                **kwargs) -> Iterator[str]:
     """Yield pieces of decoded text continuing ``prompt`` (see :func:`stream_text_from_ids`).
 
     The prompt starts with ``<|im_start|>`` as the beginning-of-text marker, as every document did in pretraining.

@@ -8,6 +8,9 @@ Pieces, in the order a token meets them:
 The architecture follows jingyaogong/minimind (MiniMind2 and MiniMind3); the parameter names follow
 Hugging Face's Llama/Qwen3 so that :mod:`minimind_edu.hf` can export to ``transformers`` without renaming
 tricks beyond a prefix.
+
+The whole model is one file (a little over 400 lines) on purpose, as in nanoGPT: it imports nothing from the
+rest of the package, so it can be read top to bottom, copied and reused on its own.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
 
 def _swiglu_size_minimind2(hidden_size: int) -> int:
     # MiniMind2's rule: 8/3 of the hidden size (keeps SwiGLU's 3 matrices at the cost of a 4x MLP's 2),
@@ -99,7 +103,7 @@ class ModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
+    def from_dict(cls, d: dict) -> ModelConfig:
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(d) - known
         if unknown:

@@ -42,7 +42,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def fused_adamw_supported(device_type: str) -> bool:
     """Whether this torch has a fused AdamW kernel for ``device_type`` ("cuda": yes; "cpu": torch >= 2.4).
 

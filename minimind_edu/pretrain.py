@@ -1,7 +1,8 @@
 """Pretraining end to end, the course's main job: pick a size for the machine, train, show what was learned.
 
-Notebook 05 and ``minimind-edu pretrain`` run the same :func:`run_pretrain`. What it adds to the training
-loop is the choices a learner should not have to make before a first run: a model and batch shape that suit
+``minimind-edu pretrain`` runs :func:`run_pretrain`; notebook 05 makes the same choices with the same functions,
+one cell at a time. What they add to the training loop is the choices a learner should not have to make
+before a first run: a model and batch shape that suit
 a CPU or a GPU (:func:`choose_setup`), a run length that fits the machine (a time budget on a CPU, a few
 passes over the corpus on a GPU: :func:`plan_schedule`), and at the end a loss curve, samples and a
 validation loss per language, so that the run ends with something to look at.

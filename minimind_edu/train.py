@@ -4,7 +4,9 @@ A :class:`TrainConfig` says everything about a run; :class:`Trainer` holds the m
 and step, and ``run()`` is the loop (``train()`` in one call). The pieces it is made of live in their own
 modules, so that a notebook can build each alone: the schedule and optimizer in :mod:`~minimind_edu.optim`,
 device and precision in :mod:`~minimind_edu.device`, process groups in :mod:`~minimind_edu.distributed`,
-checkpoint files in :mod:`~minimind_edu.checkpoint`.
+checkpoint files in :mod:`~minimind_edu.checkpoint`. What stays here is one idea, a little over 400 lines:
+the loop and the state it must save and restore to resume exactly (step, fitted length, optimizer, data
+position, random state), which only make sense together.
 
 Callbacks are called (on rank 0) with each metric record, the same dict that is appended to
 ``out_dir/metrics.jsonl``: ``step, tokens, loss, lr, grad_norm, tokens_per_s, mfu, peak_mem, epoch,
@@ -23,7 +25,8 @@ not depend on ``max_steps``, so fitting at its end changes nothing that already 
 ``cfg.max_steps`` is only a cap while timing (and shapes the lr of probe steps past a short warmup).
 The fitted value is saved in checkpoints, so a resumed run keeps it.
 
-A checkpoint is a folder ``out_dir/checkpoints/step_00000123/`` holding ``model.safetensors`` (the weights, no code), ``state.pt`` (optimizer, GradScaler, step, fitted max_steps, data position, RNG states:
+A checkpoint is a folder ``out_dir/checkpoints/step_00000123/`` holding ``model.safetensors`` (the weights,
+no code), ``state.pt`` (optimizer, GradScaler, step, fitted max_steps, data position, RNG states:
 tensors and plain containers only, loaded with ``torch.load(weights_only=True)``), ``config.json`` (model
 and training configs) and the tokenizer files. It is written under a temporary name and renamed, so a
 crash mid-write leaves the previous checkpoint intact. ``resume=True`` continues from the newest one:
@@ -315,7 +318,8 @@ class Trainer:
         for key in ("seq_len", "batch_kind", "seed"):
             if saved["train"].get(key) != getattr(self.cfg, key):
                 raise ValueError(f"{ckpt}: {key}={saved['train'].get(key)!r} in the checkpoint but "
-                                 f"{getattr(self.cfg, key)!r} now; the data position only makes sense with the same value")
+                                 f"{getattr(self.cfg, key)!r} now; the data position only makes sense with the "
+                                 "same value")
         state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
         self.model.load_state_dict(load_model(ckpt).state_dict())
         self.optimizer.load_state_dict(state["optimizer"])
@@ -389,7 +393,8 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self.lr(self.step - 1):.2e}")
             final = self.step >= self.max_steps
-            evaluate = self.valid_batches is not None and (final or (cfg.eval_every and self.step % cfg.eval_every == 0))
+            due = final or (cfg.eval_every and self.step % cfg.eval_every == 0)
+            evaluate = self.valid_batches is not None and due
             if self.step % cfg.log_every == 0 or evaluate or final:
                 elapsed = time.perf_counter() - window_start
                 tps = len(window_losses) * self.tokens_per_step / elapsed

@@ -59,7 +59,8 @@ def test_the_rules_that_matter_most_are_in_the_table():
 
 def test_the_check_catches_a_wrong_import():
     # The parser sees every spelling of an import, so a violation cannot hide behind a different form.
-    source = "from . import train\nfrom .data import x\nimport minimind_edu.cli\ndef f():\n    from minimind_edu.hf import y\n"
+    source = ("from . import train\nfrom .data import x\nimport minimind_edu.cli\n"
+              "def f():\n    from minimind_edu.hf import y\n")
     assert package_imports(source) == {"train", "data", "cli", "hf"}
 
 

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
+from minimind_edu.checkpoint import load_model, resolve_checkpoint
 from minimind_edu.cli import main
 from minimind_edu.corpus import default_corpus_files
-from minimind_edu.checkpoint import load_model, resolve_checkpoint
 from minimind_edu.metrics import read_metrics
 
 TINY = ["--preset", "tiny", "--batch", "4", "--seq", "32", "--device", "cpu", "--no-progress", "--log-every", "1"]
@@ -59,8 +59,9 @@ def test_resume_after_a_lost_checkpoint_repeats_the_same_steps(run_dir, corpus, 
     code = main(["pretrain", *TINY, "--data", str(corpus), "--steps", "8", "--save-every", "4", "--eval-every", "4",
                  "--samples", "0", "--out", str(copy), "--resume"])
     assert code == 0
-    strip = lambda records: [{k: v for k, v in r.items() if k not in ("tokens_per_s", "mfu", "peak_mem", "elapsed_s")}
-                             for r in records]
+    def strip(records):  # what depends on the machine's speed
+        return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "mfu", "peak_mem", "elapsed_s")}
+                for r in records]
     assert strip(read_metrics(copy)) == strip(read_metrics(run_dir))
 
 

@@ -5,7 +5,13 @@ import pytest
 import torch
 
 from minimind_edu.device import (
-    PRECISIONS, autocast, autocast_dtype, check_precision, precision_dtype, precision_name, resolve_device,
+    PRECISIONS,
+    autocast,
+    autocast_dtype,
+    check_precision,
+    precision_dtype,
+    precision_name,
+    resolve_device,
     resolve_precision,
 )
 from minimind_edu.errors import InvalidArgument

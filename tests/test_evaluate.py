@@ -1,15 +1,12 @@
 """Validation loss and bits per byte by language, on worked examples."""
 from __future__ import annotations
 
-import io
 import math
 
-import numpy as np
 import pytest
 import torch
 
 from minimind_edu.corpus import CorpusError
-from minimind_edu.data import TokenData
 from minimind_edu.evaluate import evaluate_by_language, evaluate_documents, format_results
 from minimind_edu.model import MiniMind, get_preset
 from minimind_edu.tokenizer import get_default_tokenizer

@@ -1,28 +1,26 @@
 """The training loop: schedule, optimizer groups, accumulation, overfitting, checkpoints, resume, DDP, safety."""
 from __future__ import annotations
 
-from dataclasses import replace
-
 import json
-import math
 import os
 import pickle
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors import SafetensorError
 
+from minimind_edu.checkpoint import latest_checkpoint, list_checkpoints, load_model, load_trained
 from minimind_edu.data import TokenData
-from minimind_edu.model import MiniMind, get_preset
+from minimind_edu.model import get_preset
+from minimind_edu.optim import lr_at
 from minimind_edu.tokenizer import default_tokenizer_dir, get_default_tokenizer
-from minimind_edu.checkpoint import clean_state_dict, latest_checkpoint, list_checkpoints, load_model, load_trained
-from minimind_edu.device import resolve_precision
-from minimind_edu.optim import lr_at, make_optimizer, param_groups
 from minimind_edu.train import TrainConfig, Trainer, train
 
 STORIES = [f"Once upon a time there was a cat number {i}. It liked fish, milk and naps in the sun." for i in range(60)]
@@ -242,7 +240,7 @@ def test_loading_never_runs_pickled_code(tmp_path, corpus):
     with pytest.raises(pickle.UnpicklingError):
         Trainer(cfg, resume=True)
     (ckpt / "model.safetensors").write_bytes(pickle.dumps(Payload(marker)))
-    with pytest.raises(Exception):
+    with pytest.raises(SafetensorError, match="deserializing header"):  # not a safetensors file: refused unread
         load_model(ckpt)
     assert not marker.exists()
 

@@ -16,9 +16,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = REPO / "notebooks"
@@ -224,7 +224,8 @@ class NotebookPage:
             const note = n => { if (n.tagName === 'IMG' && n.src) window.__imagesSeen.add(n.src); };
             new MutationObserver(changes => { for (const c of changes) {
                 if (c.type === 'attributes') note(c.target);
-                for (const n of c.addedNodes) if (n.querySelectorAll) { note(n); n.querySelectorAll('img').forEach(note); }
+                for (const n of c.addedNodes)
+                    if (n.querySelectorAll) { note(n); n.querySelectorAll('img').forEach(note); }
             } }).observe(document.body, {subtree: true, childList: true, attributes: true, attributeFilter: ['src']});
         }""")
 

@@ -11,9 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from jupyterlab_driver import (NOTEBOOKS, NotebookPage, Slider, error_outputs, long_output_lines, png_pixels,
-                               unexecuted_cells)
+from jupyterlab_driver import (
+    NOTEBOOKS,
+    NotebookPage,
+    Slider,
+    error_outputs,
+    long_output_lines,
+    png_pixels,
+    unexecuted_cells,
+)
 
 FAST = bool(__import__("os").environ.get("MINIMIND_EDU_FAST"))
 RUN_TIMEOUT_MS = (10 if FAST else 40) * 60_000
