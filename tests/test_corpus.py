@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -65,17 +66,21 @@ def test_jsonl_documents(tmp_path):
 
 def test_shipped_minimind_jsonl_sample():
     docs = read_documents(data_dir() / "minimind" / "pretrain_data_example.jsonl")
-    assert len(docs) == 2 and all(isinstance(d, str) and d for d in docs)
+    assert [len(d) for d in docs] == [227, 346]
+    assert docs[0].startswith("LLM首先要学习的并非直接与人交流")
+    assert docs[1].startswith("经过预训练，LLM此时已经掌握了大量知识")
 
 
 def test_shipped_tinystories_drops_only_the_cut_off_story():
     path = data_dir() / "en" / "tinystories_train.txt"
     text = path.read_text(encoding="utf-8")
-    assert not text.rstrip().endswith(ENDOFTEXT)  # the file really is cut off
+    assert text.endswith("She had a box in her hands. She said it was")  # the file really is cut off
     docs = read_documents(path)
-    assert len(docs) == text.count(ENDOFTEXT)
+    assert text.count(ENDOFTEXT) == len(docs) == 2316  # every story that has its separator is kept
+    assert docs[-1].startswith("Lila liked to jog with her dad.")
+    assert docs[-1].endswith("She hoped to see the dolphin again.")
     last_piece = text.rsplit(ENDOFTEXT, 1)[1].strip()
-    assert docs[-1] == text.rsplit(ENDOFTEXT, 2)[1].strip() != last_piece
+    assert last_piece.startswith("Lily was very happy. Today was her birthday.") and last_piece not in docs
 
 
 # --- errors ------------------------------------------------------------------------------------------------
@@ -86,9 +91,9 @@ def test_non_utf8_text_names_file_and_byte_offset(tmp_path):
 
 
 def test_non_utf8_jsonl_names_file_line_and_byte_offset(tmp_path):
-    first = b'{"text": "ok"}\n'
-    path = write(tmp_path, "bad.jsonl", first + b'{"text": "caf\xe9"}\n')
-    with pytest.raises(CorpusError, match=rf"bad\.jsonl:2: not UTF-8.*0xe9 at byte offset {len(first) + 13}"):
+    # The bad byte follows the 15 bytes of line 1 and the 13 of '{"text": "caf' on line 2: offset 28 in the file.
+    path = write(tmp_path, "bad.jsonl", b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
+    with pytest.raises(CorpusError, match=r"bad\.jsonl:2: not UTF-8.*0xe9 at byte offset 28"):
         read_documents(path)
 
 
@@ -126,15 +131,22 @@ def test_corpus_error_is_a_value_error():
 
 
 # --- the default corpus --------------------------------------------------------------------------------------
+def test_data_dir_is_the_shipped_folder():
+    assert data_dir() == Path(__file__).resolve().parent.parent / "data"
+
+
 def test_default_documents_train_and_valid_are_disjoint():
     train, valid = default_documents("train"), default_documents("valid")
-    assert len(train) > 10_000 and len(valid) > 1_000
+    assert len(train) == 19_847  # 2,316 stories + 17,531 poems
+    assert len(valid) == 6_376  # 4,302 stories + 2,074 poems
     assert not set(train) & set(valid)
 
 
 def test_documents_by_language():
     by_language = documents_by_language("valid")
-    assert set(by_language) == {"en", "zh"}
+    assert {language: len(docs) for language, docs in by_language.items()} == {"en": 4_302, "zh": 2_074}
+    assert {language: len(docs) for language, docs in documents_by_language("train").items()} == {
+        "en": 2_316, "zh": 17_531}
     assert all(d.isascii() for d in by_language["en"][:100])
     cjk = sum(1 for ch in "".join(by_language["zh"][:100]) if "\u4e00" <= ch <= "\u9fff")
     assert cjk > 1000
@@ -148,4 +160,7 @@ def test_default_split_must_be_known():
 
 def test_data_dir_override(tmp_path, monkeypatch):
     monkeypatch.setenv("MINIMIND_EDU_DATA", str(tmp_path))
-    assert default_corpus_files("valid")[0] == tmp_path / "en" / "tinystories_valid.txt"
+    assert data_dir() == tmp_path
+    en, zh = tmp_path / "en", tmp_path / "zh"
+    assert default_corpus_files("train") == [en / "tinystories_train.txt", zh / "tang_train.txt"]
+    assert default_corpus_files("valid") == [en / "tinystories_valid.txt", zh / "tang_valid.txt"]

@@ -3,13 +3,18 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
+import minimind_edu.data as data_mod
 from minimind_edu.corpus import CorpusError
 from minimind_edu.data import (
+    IGNORE_INDEX,
     PackedBatches,
     PaddedBatches,
     TokenData,
@@ -19,8 +24,7 @@ from minimind_edu.data import (
     tokenize_documents,
     tokenize_files,
 )
-from minimind_edu.data import IGNORE_INDEX
-from minimind_edu.tokenizer import BOS_ID, EOS_ID, PAD_ID, default_tokenizer_dir, get_default_tokenizer
+from minimind_edu.tokenizer import PAD_ID, SPECIAL_TOKENS, default_tokenizer_dir, get_default_tokenizer
 
 STORIES = [f"Once upon a time there was a cat number {i}. It liked fish and milk." for i in range(40)]
 
@@ -37,6 +41,20 @@ def tmp_cache(tmp_path, monkeypatch, tok):
     return tok_dir
 
 
+def word_tokenizer(words: list[str]) -> Tokenizer:
+    """A word-level tokenizer with known ids: 0, 1, 2 the special tokens, then ``words`` from 3 on.
+
+    Like a tokenizer saved by ``transformers``, it adds BOS and EOS on its own unless told not to, so a double
+    BOS would show.
+    """
+    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS + words)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=SPECIAL_TOKENS[0]))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    bos, eos = SPECIAL_TOKENS[1], SPECIAL_TOKENS[2]
+    tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A {eos}", special_tokens=[(bos, 1), (eos, 2)])
+    return tok
+
+
 def toy(lengths: list[int]) -> TokenData:
     """Documents of the given lengths with distinct, recognisable tokens (doc i holds 100*i + position)."""
     docs = [np.arange(n) + 100 * (i + 1) for i, n in enumerate(lengths)]
@@ -44,13 +62,22 @@ def toy(lengths: list[int]) -> TokenData:
     return TokenData(np.concatenate(docs).astype(np.uint16), offsets)
 
 
-def test_documents_become_bos_ids_eos(tok):
-    data = tokenize_documents(["hello world", "  ", "a cat"], tok)
+def test_documents_become_bos_ids_eos():
+    words = word_tokenizer(["hello", "world", "a", "cat"])  # hello = 3, world = 4, a = 5, cat = 6
+    data = tokenize_documents(["hello world", "  ", "a cat"], words)
     assert data.n_docs == 2  # the blank document is dropped
-    assert data.tokens.dtype == np.uint16  # vocab 6400 fits in 16 bits: half the bytes of int32
-    for i, text in enumerate(["hello world", "a cat"]):
-        ids = tok.encode(text, add_special_tokens=False).ids
-        assert data.doc(i).tolist() == [BOS_ID, *ids, EOS_ID]
+    assert data.tokens.tolist() == [1, 3, 4, 2, 1, 5, 6, 2]  # BOS (1), the words, EOS (2): once each
+    assert data.doc_offsets.tolist() == [0, 4, 8]
+    assert data.doc(1).tolist() == [1, 5, 6, 2]
+    assert data.tokens.dtype == np.uint16  # a vocabulary of up to 65,536 ids fits 16 bits: half of int32's bytes
+
+
+def test_token_dtype_grows_with_the_vocabulary(tok):
+    assert tokenize_documents(["hello"], tok).tokens.dtype == np.uint16  # the course tokenizer: 6400 tokens
+    big = word_tokenizer([f"w{i}" for i in range(70_000)])  # 70,003 ids: beyond 16 bits
+    data = tokenize_documents(["w0 w69999"], big)
+    assert data.tokens.dtype == np.uint32
+    assert data.tokens.tolist() == [1, 3, 70_002, 2]
 
 
 def test_token_file_is_cached_and_memory_mapped(tmp_path, tmp_cache, tok):
@@ -71,14 +98,20 @@ def test_token_file_is_cached_and_memory_mapped(tmp_path, tmp_cache, tok):
 
 
 def test_packed_windows_predict_every_token_once_per_epoch():
-    data = toy([5, 7, 9])  # 21 tokens; seq_len 4 -> windows start at 0, 4, 8, 12, 16 (5 windows)
+    # 21 tokens: 100..104, 200..206, 300..308. Windows of seq_len + 1 = 5 tokens start every 4 tokens
+    # (at 0, 4, 8, 12, 16), so consecutive windows share one token: (21 - 1) // 4 = 5 windows.
+    data = toy([5, 7, 9])
     b = PackedBatches(data, batch_size=5, seq_len=4, seed=3)
     assert b.n_items == 5
-    x, y = b.next()
-    assert x.shape == y.shape == (5, 4) and x.dtype == torch.long
-    assert torch.equal(x[:, 1:], y[:, :-1])  # targets are inputs shifted by one
-    predicted = sorted(y.flatten().tolist())
-    assert predicted == sorted(data.flat()[1:21].tolist())
+    x, y = b.next()  # one batch of 5 is the whole epoch, in a shuffled order
+    assert x.dtype == y.dtype == torch.long
+    assert sorted(zip(x.tolist(), y.tolist())) == [
+        ([100, 101, 102, 103], [101, 102, 103, 104]),
+        ([104, 200, 201, 202], [200, 201, 202, 203]),
+        ([203, 204, 205, 206], [204, 205, 206, 300]),
+        ([300, 301, 302, 303], [301, 302, 303, 304]),
+        ([304, 305, 306, 307], [305, 306, 307, 308]),
+    ]  # every token but the first is a target exactly once
 
 
 def test_order_is_a_function_of_seed_and_position():
@@ -130,7 +163,8 @@ def test_ranks_split_the_global_batch_like_one_big_batch():
     for _ in range(4):
         big = one.next()[0]
         assert torch.equal(torch.cat([r0.next()[0], r1.next()[0]]), big)
-    assert r0.state_dict() == r1.state_dict() == one.state_dict()
+    # every rank counts the whole global batch: 4 steps x 6 windows
+    assert r0.state_dict() == r1.state_dict() == one.state_dict() == {"consumed": 24, "seed": 4}
 
 
 def test_padded_rows_worked_example():
@@ -143,10 +177,11 @@ def test_padded_rows_worked_example():
 
 def test_padding_waste_worked_example():
     w = padding_waste(toy([3, 6]), seq_len=4)
-    # Row 0 gives 2 predictions, row 1 gives 4 (cut to 5 tokens): 6 useful of 8 computed positions.
-    assert w["padding_fraction"] == pytest.approx(2 / 8)
-    assert w["truncated_fraction"] == pytest.approx(1 / 9)
-    assert w["compute_ratio"] == pytest.approx(8 / 6)
+    # Row 0 gives 2 predictions, row 1 gives 4 (cut to 5 tokens): 6 useful of 2 x 4 = 8 computed positions.
+    assert w["padding_fraction"] == pytest.approx(0.25)  # 2 of 8
+    assert w["truncated_fraction"] == pytest.approx(0.1111, abs=1e-4)  # 1 of the 9 tokens is cut off
+    assert w["compute_ratio"] == pytest.approx(1.3333, abs=1e-4)  # 8 positions for 6 predictions
+    assert (w["seq_len"], w["n_docs"], w["mean_doc_tokens"]) == (4, 2, 4.5)
 
 
 def test_padding_waste_on_the_shipped_corpus():
@@ -188,29 +223,35 @@ def test_bad_jsonl_lines_name_file_and_line(tmp_path, tmp_cache):
     assert not list((tmp_path / "cache" / "tokens").glob("*.tmp"))  # no half-written cache left
 
 
-def test_empty_short_and_missing_corpora(tmp_path, tmp_cache, tok):
+def test_empty_short_and_missing_corpora(tmp_path, tmp_cache):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n\n")
-    with pytest.raises(CorpusError, match="empty"):
+    with pytest.raises(CorpusError, match=r"empty\.jsonl: the corpus is empty"):
         tokenize_files(empty, tmp_cache, progress=False)
-    with pytest.raises(CorpusError, match="no such corpus file"):
+    with pytest.raises(CorpusError, match=r"nope\.jsonl: no such corpus file"):
         tokenize_files(tmp_path / "nope.jsonl", tmp_cache, progress=False)
-    short = tokenize_documents(["hi"], tok, source="short.txt")
-    with pytest.raises(CorpusError, match=r"short\.txt: the corpus has \d+ tokens, shorter than one training window"):
+    with pytest.raises(CorpusError, match="the corpus is empty"):
+        tokenize_documents(["", "  \n"], word_tokenizer([]))
+    short = tokenize_documents(["hello"], word_tokenizer(["hello"]), source="short.txt")  # BOS hello EOS
+    with pytest.raises(CorpusError, match=r"short\.txt: the corpus has 3 tokens, shorter than one training window of "
+                                          r"seq_len \+ 1 = 17 tokens"):
         make_batches(short, "packed", 2, 16)
+    assert make_batches(short, "packed", 2, 2).n_items == 1  # 3 tokens make exactly one window of 2 + 1
+    with pytest.raises(ValueError, match=r'batch kind must be "packed" or "padded", got \'sorted\''):
+        make_batches(short, "sorted", 2, 2)
 
 
 def test_token_id_beyond_vocab():
-    data = toy([5])
-    data.check_vocab(6400)
-    with pytest.raises(CorpusError, match=r"token id 104 .*\(vocab_size=50\)"):
+    data = toy([5])  # 100..104
+    data.check_vocab(105)  # ids 0..104 fit 105 embedding rows
+    with pytest.raises(CorpusError, match=r"token id 104 \(first bad token at position 4\) .*\(vocab_size=104\)"):
+        data.check_vocab(104)
+    with pytest.raises(CorpusError, match=r"token id 104 \(first bad token at position 0\) .*\(vocab_size=50\)"):
         data.check_vocab(50)
 
 
 def test_jsonl_is_streamed(tmp_path, tmp_cache, monkeypatch):
     """Tokenizing reads the JSONL through the line-by-line generator, never the whole file at once."""
-    import minimind_edu.data as data_mod
-
     corpus = tmp_path / "big.jsonl"
     corpus.write_text("".join(json.dumps({"text": s}) + "\n" for s in STORIES * 30))
     monkeypatch.setattr(data_mod, "_ENCODE_CHUNK", 64)
@@ -221,9 +262,6 @@ def test_jsonl_is_streamed(tmp_path, tmp_cache, monkeypatch):
 
 def test_parallel_tokenization_into_one_cache(tmp_path, tmp_cache):
     """DDP ranks tokenize the same corpus at the same time into one cache: all must succeed and agree."""
-    import subprocess
-    import sys
-
     corpus = tmp_path / "c.jsonl"
     corpus.write_text("".join(json.dumps({"text": s}) + "\n" for s in STORIES * 50))
     script = ("import sys; from minimind_edu.data import tokenize_files; "

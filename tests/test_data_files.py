@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
-
-from minimind_edu.corpus import data_dir
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
@@ -21,10 +19,6 @@ def read_sha256sums() -> dict[str, str]:
             digest, name = line.split(maxsplit=1)
             sums[name.lstrip("*")] = digest
     return sums
-
-
-def test_data_dir_is_the_shipped_folder():
-    assert data_dir() == DATA
 
 
 @pytest.mark.parametrize("name", sorted(read_sha256sums()))

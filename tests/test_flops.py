@@ -20,48 +20,65 @@ from minimind_edu.model import MiniMind, count_parameters, get_preset
 
 def test_tiny_worked_example_by_hand():
     # tiny: hidden 64, 2 layers, 4 query heads and 2 KV heads of 16 dims, SwiGLU 192, vocab 6400, tied.
+    # Per block: q and o are 64 x 64 (4,096 each), k and v 64 x 32 (2,048 each): 12,288; SwiGLU 3 x 64 x 192 = 36,864.
+    # N_matmul = 2 blocks x 49,152 + the 6400 x 64 LM head (409,600) = 507,904.
     cfg = get_preset("tiny")
-    attention = 64 * 64 * 2 + 64 * 32 * 2  # q and o are 64x64; k and v are 64x32 (2 KV heads x 16)
-    mlp = 3 * 64 * 192
-    lm_head = 6400 * 64
-    assert matmul_params(cfg) == 2 * (attention + mlp) + lm_head == 507_904
+    assert matmul_params(cfg) == 507_904
     f = flops_per_token(cfg, seq_len=512)
-    assert f.matmul == 6 * 507_904 == 3_047_424
-    assert f.attention == 12 * 2 * 512 * 4 * 16 == 786_432
-    assert f.total == training_flops_per_token(cfg, 512) == 3_833_856
-    assert flops_per_token(cfg, 512, causal=True).attention == 786_432 // 2
-    assert f.forward == f.total // 3
+    assert f.matmul_params == 507_904
+    assert f.matmul == 3_047_424  # 6 x 507,904
+    assert f.attention == 786_432  # 12 x 2 layers x 512 tokens x 4 heads x 16 dims
+    assert f.total == training_flops_per_token(cfg, 512) == 3_833_856  # 3,047,424 + 786,432
+    assert f.forward == 1_277_952  # a third of 3,833,856
+    assert flops_per_token(cfg, 512, causal=True).attention == 393_216  # half of 786,432
+    assert training_flops_per_token(cfg, 512, causal=True) == 3_440_640  # 3,047,424 + 393,216
 
 
 def test_minimind2_small_counts_everything_but_norms_when_tied():
     cfg = get_preset("minimind2-small")
-    norms = 8 * 2 * 512 + 512  # two RMSNorms per block plus the final one
-    assert matmul_params(cfg) == count_parameters(cfg)["total"] - norms == 25_821_184
-    # at T=512 attention adds 12 * 8 * 512 * 512 = 25.2M FLOPs per token on top of 6N = 154.9M
-    assert flops_per_token(cfg, 512).total == 6 * 25_821_184 + 25_165_824 == 180_092_928
+    # Per block: q, o 512 x 512 and k, v 512 x 128 (655,360) + SwiGLU 3 x 512 x 1408 (2,162,688) = 2,818,048.
+    # 8 blocks = 22,544,384, + the 6400 x 512 LM head (3,276,800) = 25,821,184:
+    # the 25,829,888 parameters less the 8 x 2 x 512 + 512 = 8,704 RMSNorm gains.
+    assert matmul_params(cfg) == 25_821_184
+    assert count_parameters(cfg)["total"] - matmul_params(cfg) == 8_704
+    # At T = 512 attention adds 12 x 8 layers x 512 x 8 heads x 64 = 25,165,824 FLOPs per token on top of
+    # 6 x 25,821,184 = 154,927,104.
+    assert flops_per_token(cfg, 512).attention == 25_165_824
+    assert flops_per_token(cfg, 512).total == 180_092_928
 
 
 def test_untied_embedding_table_costs_no_flops():
-    tied, untied = get_preset("tiny"), replace(get_preset("tiny"), tie_word_embeddings=False)
-    # the untied model has 409,600 more parameters but the same matmuls
-    assert count_parameters(untied)["total"] - count_parameters(tied)["total"] == 6400 * 64
-    assert matmul_params(untied) == matmul_params(tied)
+    untied = replace(get_preset("tiny"), tie_word_embeddings=False)
+    # 409,600 (6400 x 64) more parameters than tiny's 508,224, but the same matmuls: the table is only indexed
+    assert count_parameters(untied)["total"] == 917_824
+    assert matmul_params(untied) == 507_904
 
 
 def test_moe_counts_only_active_experts():
     cfg = replace(get_preset("tiny"), num_experts=4, experts_per_token=2, shared_experts=1)
-    dense = get_preset("tiny")
-    swiglu = 3 * 64 * 192
-    # per block: 3 active SwiGLUs (2 routed + 1 shared) instead of 1, plus the 64x4 router
-    assert matmul_params(cfg) - matmul_params(dense) == 2 * (2 * swiglu + 64 * 4)
+    # per block: 3 active SwiGLUs (2 routed + 1 shared) of 36,864 instead of 1, plus the 64 x 4 router:
+    # 12,288 + 3 x 36,864 + 256 = 123,136; 2 blocks + the 409,600 LM head = 655,872.
+    # The 2 experts a token is not routed to (2 x 2 x 36,864 = 147,456 weights) cost it nothing.
+    assert matmul_params(cfg) == 655_872
+    assert count_parameters(cfg)["total"] - matmul_params(cfg) == 147_456 + 320  # + the norm gains, 2 x 128 + 64
 
 
+# Per-token FLOPs at T = 24 (tiny, 2 layers, 4 heads x 16): attention 12 x 2 x 24 x 4 x 16 = 36,864, plus 6 N_matmul:
+#   tiny, untied: N = 507,904 -> 3,047,424 + 36,864 = 3,084,288; x 48 tokens = 148,045,824
+#   mha (4 KV heads): q, k, v, o all 64 x 64 -> N = 2 x (16,384 + 36,864) + 409,600 = 516,096
+#                     -> 3,096,576 + 36,864 = 3,133,440; x 48 = 150,405,120
+#   moe: N = 655,872 -> 3,935,232 + 36,864 = 3,972,096; x 48 = 190,660,608
 @pytest.mark.parametrize(
-    "overrides",
-    [{}, {"num_kv_heads": 4}, {"tie_word_embeddings": False}, {"num_experts": 4, "experts_per_token": 2}],
+    "overrides, flops_per_batch",
+    [
+        ({}, 148_045_824),
+        ({"num_kv_heads": 4}, 150_405_120),
+        ({"tie_word_embeddings": False}, 148_045_824),
+        ({"num_experts": 4, "experts_per_token": 2}, 190_660_608),
+    ],
     ids=["tiny", "mha", "untied", "moe"],
 )
-def test_formula_matches_pytorch_flop_counter(overrides):
+def test_formula_matches_pytorch_flop_counter(overrides, flops_per_batch):
     # With explicit attention every FLOP is a mm/bmm PyTorch can see: forward + backward of the real model
     # must count exactly 6 N + 12 L T H d per token (non-causal, as the naive kernel computes the full square).
     cfg = replace(get_preset("tiny"), attention="naive", **overrides)
@@ -71,7 +88,8 @@ def test_formula_matches_pytorch_flop_counter(overrides):
     ids = torch.randint(0, cfg.vocab_size, (batch, seq))
     with FlopCounterMode(display=False) as counter:
         model(ids, targets=ids).loss.backward()
-    assert counter.get_total_flops() == batch * seq * flops_per_token(cfg, seq).total
+    assert counter.get_total_flops() == flops_per_batch
+    assert batch * seq * flops_per_token(cfg, seq).total == flops_per_batch
 
 
 def test_mfu_worked_example():

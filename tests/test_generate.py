@@ -2,14 +2,24 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import pytest
 import torch
 
 from minimind_edu.errors import InvalidArgument
-from minimind_edu.generate import check_sampling, print_samples, stream_text, stream_text_from_ids
+from minimind_edu.generate import (
+    check_sampling,
+    filter_logits,
+    generate,
+    print_samples,
+    stream_text,
+    stream_text_from_ids,
+)
 from minimind_edu.model import MiniMind, ModelOutput, get_preset
 from minimind_edu.tokenizer import BOS_ID, EOS_ID, get_default_tokenizer
+
+from weights import randomize
 
 
 class Scripted(torch.nn.Module):
@@ -104,3 +114,39 @@ def test_sampling_settings_are_checked_by_name(kwargs, message):
         check_sampling(**kwargs)
     assert str(err.value) == message
     check_sampling(max_new_tokens=1, temperature=0.0, top_k=0, top_p=1.0)  # the edges are allowed
+
+
+def test_greedy_generation_with_cache_equals_without():
+    torch.manual_seed(1)
+    model = randomize(MiniMind(get_preset("tiny")), std=0.1)
+    prompt = [1, 400, 17, 2048]
+    with_cache = generate(model, prompt, max_new_tokens=24, temperature=0, use_cache=True)
+    without = generate(model, prompt, max_new_tokens=24, temperature=0, use_cache=False)
+    assert with_cache == without
+    assert len(with_cache) == 24 and len(set(with_cache)) > 1  # a real continuation, not one token repeated
+
+
+def test_generation_stops_at_the_context_limit():
+    model = MiniMind(replace(get_preset("tiny"), max_position_embeddings=8))
+    assert len(generate(model, [1, 5, 6], max_new_tokens=50, temperature=0)) == 5  # 3 + 5 fill the 8 positions
+
+
+def test_filter_logits_worked_examples():
+    # probabilities 0.1, 0.5, 0.15, 0.25 (deliberately not sorted)
+    logits = torch.tensor([[0.1, 0.5, 0.15, 0.25]]).log()
+    kept = lambda out: (out[0] > float("-inf")).nonzero().flatten().tolist()  # noqa: E731
+    assert kept(filter_logits(logits)) == [0, 1, 2, 3]
+    assert kept(filter_logits(logits, top_k=2)) == [1, 3]
+    assert kept(filter_logits(logits, top_k=1)) == [1]
+    assert kept(filter_logits(logits, top_k=10)) == [0, 1, 2, 3]  # k above the vocabulary keeps all
+    # top_p keeps the most likely tokens until their total reaches p: 0.5 -> {1}; 0.7 -> 0.5 + 0.25; 0.8 -> + 0.15
+    assert kept(filter_logits(logits, top_p=0.5)) == [1]
+    assert kept(filter_logits(logits, top_p=0.7)) == [1, 3]
+    assert kept(filter_logits(logits, top_p=0.8)) == [1, 2, 3]
+    assert kept(filter_logits(logits, top_p=0.01)) == [1]  # the best token always stays
+    assert kept(filter_logits(logits, top_k=3, top_p=0.7)) == [1, 3]
+    # kept logits are unchanged, and each row of a batch is filtered on its own
+    out = filter_logits(logits, top_k=2)
+    assert out[0, 1] == logits[0, 1] and out[0, 3] == logits[0, 3]
+    batch = filter_logits(torch.tensor([[3.0, 2.0, 1.0], [1.0, 2.0, 3.0]]), top_k=1)
+    assert torch.isfinite(batch).tolist() == [[True, False, False], [False, False, True]]

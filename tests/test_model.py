@@ -1,23 +1,17 @@
-"""The model: exact sizes, clear errors, attention paths that agree, the KV cache, MoE routing, the loss,
-sampling filters, the ``presets`` command, and proof against Hugging Face's Llama / Qwen3."""
+"""The model: exact sizes, presets and configs, clear errors, attention paths that agree, the KV cache,
+MoE routing, the loss, gradient checkpointing."""
 from __future__ import annotations
 
-from dataclasses import replace
-
-import json
 import math
+from dataclasses import replace
+from typing import NamedTuple
 
 import pytest
 import torch
 import torch.nn.functional as F
-import transformers  # a test dependency (pyproject [test]): the reference implementation
 
-from minimind_edu import cli
-from minimind_edu.generate import filter_logits, generate
-from minimind_edu.hf import export_hf, hf_config, load_hf
 from minimind_edu.data import IGNORE_INDEX
 from minimind_edu.model import (
-
     PRESETS,
     MiniMind,
     ModelConfig,
@@ -26,28 +20,48 @@ from minimind_edu.model import (
     get_preset,
 )
 
-# Exact parameter counts (MiniMind's "26M", "104M", "145M" and MiniMind3).
-EXPECTED_PARAMETERS = {
-    "minimind2-small": 25_829_888,
-    "minimind2": 104_030_976,
-    "minimind2-moe": 145_029_760,
-    "minimind3": 63_912_192,
-    "course-cpu": 4_458_752,
-    "tiny": 508_224,
+from weights import randomize
+
+
+class Sizes(NamedTuple):
+    embedding: int
+    attention_per_block: int
+    mlp_per_block: int
+    per_block: int
+    blocks: int
+    total: int
+
+
+# Parameter counts worked out by hand from each preset's shape. Every preset has a 6400-token vocabulary, a tied
+# embedding / LM head (counted once), no biases, and two RMSNorm gains (2 x hidden) per block plus a final one.
+# Attention: q and o are hidden x hidden; k and v are hidden x (kv heads x head_dim).
+PRESET_SIZES = {
+    # hidden 512, 8 layers, 8 heads of 64, 2 KV heads (k, v: 512 x 128), SwiGLU 1408.
+    # attention 2 x 512 x 512 + 2 x 512 x 128 = 655,360; mlp 3 x 512 x 1408 = 2,162,688; block + 1,024 norms.
+    # total 6400 x 512 = 3,276,800 + 8 x 2,819,072 + 512 = 25,829,888 (MiniMind's "26M")
+    "minimind2-small": Sizes(3_276_800, 655_360, 2_162_688, 2_819_072, 22_552_576, 25_829_888),
+    # hidden 768, 16 layers, 8 heads of 96, 2 KV heads (768 x 192), SwiGLU 2048.
+    # attention 2 x 768 x 768 + 2 x 768 x 192 = 1,179,648 + 294,912 = 1,474,560; mlp 3 x 768 x 2048 = 4,718,592;
+    # block + 1,536 norms = 6,194,688. total 6400 x 768 = 4,915,200 + 16 x 6,194,688 + 768 = 104,030,976 ("104M")
+    "minimind2": Sizes(4_915_200, 1_474_560, 4_718_592, 6_194_688, 99_115_008, 104_030_976),
+    # hidden 640, 8 layers, 8 heads of 80, 2 KV heads (640 x 160), SwiGLU 1728, 4 routed experts + 1 shared.
+    # attention 2 x 640 x 640 + 2 x 640 x 160 = 819,200 + 204,800 = 1,024,000;
+    # mlp 5 experts x 3 x 640 x 1728 = 16,588,800 + the 640 x 4 router = 16,591,360; block + 1,280 norms.
+    # total 6400 x 640 = 4,096,000 + 8 x 17,616,640 + 640 = 145,029,760 ("145M")
+    "minimind2-moe": Sizes(4_096_000, 1_024_000, 16_591_360, 17_616_640, 140_933_120, 145_029_760),
+    # hidden 768, 8 layers, 8 heads of 96, 4 KV heads (768 x 384), QK-norm, SwiGLU 2432.
+    # attention 1,179,648 + 2 x 768 x 384 = 589,824, + 2 x 96 QK-norm gains = 1,769,664;
+    # mlp 3 x 768 x 2432 = 5,603,328; block + 1,536 norms = 7,374,528. total 4,915,200 + 8 x 7,374,528 + 768
+    "minimind3": Sizes(4_915_200, 1_769_664, 5_603_328, 7_374_528, 58_996_224, 63_912_192),
+    # hidden 256, 4 layers, 8 heads of 32, 2 KV heads (256 x 64), SwiGLU 704.
+    # attention 2 x 256 x 256 + 2 x 256 x 64 = 131,072 + 32,768 = 163,840; mlp 3 x 256 x 704 = 540,672;
+    # block + 512 norms = 705,024. total 6400 x 256 = 1,638,400 + 4 x 705,024 + 256 = 4,458,752
+    "course-cpu": Sizes(1_638_400, 163_840, 540_672, 705_024, 2_820_096, 4_458_752),
+    # hidden 64, 2 layers, 4 heads of 16, 2 KV heads (64 x 32), SwiGLU 192.
+    # attention 2 x 64 x 64 + 2 x 64 x 32 = 8,192 + 4,096 = 12,288; mlp 3 x 64 x 192 = 36,864;
+    # block + 128 norms = 49,280. total 6400 x 64 = 409,600 + 2 x 49,280 + 64 = 508,224
+    "tiny": Sizes(409_600, 12_288, 36_864, 49_280, 98_560, 508_224),
 }
-DENSE_REFERENCE_PRESETS = ["minimind2-small", "minimind2", "minimind3"]
-
-
-def randomize(model: MiniMind, seed: int = 0, std: float = 0.05) -> MiniMind:
-    """Weights far from the init (norm gains too), so a wrong eps, gain or rotation would show in the logits."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 1:
-                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(std * torch.randn(p.shape, generator=g))
-    return model.eval()
 
 
 def tiny(**overrides) -> ModelConfig:
@@ -57,39 +71,96 @@ def tiny(**overrides) -> ModelConfig:
 # --- sizes ------------------------------------------------------------------------------------------------
 
 
-def test_every_preset_has_a_pinned_count():
-    assert set(EXPECTED_PARAMETERS) == set(PRESETS)
+def test_every_preset_has_pinned_sizes():
+    assert list(PRESET_SIZES) == list(PRESETS)
 
 
-@pytest.mark.parametrize("name", list(EXPECTED_PARAMETERS))
+@pytest.mark.parametrize("name", list(PRESET_SIZES))
 def test_preset_parameter_counts(name):
-    cfg = get_preset(name)
-    counts = count_parameters(cfg)
-    assert counts["total"] == EXPECTED_PARAMETERS[name]
+    expected = PRESET_SIZES[name]
+    counts = count_parameters(get_preset(name))
+    assert Sizes(*(counts[field] for field in Sizes._fields)) == expected
+    # The real modules have exactly these sizes, part by part.
     with torch.device("meta"):  # shapes only: the 145M MoE costs no memory or init time
-        model = MiniMind(cfg)
-    assert model.num_parameters() == EXPECTED_PARAMETERS[name]
-    # The breakdown agrees with the real modules, not only in total.
-    assert counts["embedding"] == model.embed_tokens.weight.numel() == cfg.vocab_size * cfg.hidden_size
+        model = MiniMind(get_preset(name))
     block = model.layers[0]
-    assert counts["per_block"] == sum(p.numel() for p in block.parameters())
-    assert counts["attention_per_block"] == sum(p.numel() for p in block.self_attn.parameters())
-    assert counts["mlp_per_block"] == sum(p.numel() for p in block.mlp.parameters())
+    assert model.num_parameters() == expected.total
+    assert model.embed_tokens.weight.numel() == expected.embedding
+    assert sum(p.numel() for p in block.parameters()) == expected.per_block
+    assert sum(p.numel() for p in block.self_attn.parameters()) == expected.attention_per_block
+    assert sum(p.numel() for p in block.mlp.parameters()) == expected.mlp_per_block
+
+
+def test_count_parameters_breakdown_of_minimind2_small():
+    assert count_parameters(get_preset("minimind2-small")) == {
+        "embedding": 3_276_800,  # 6400 x 512
+        "attention_per_block": 655_360,  # q, o: 512 x 512 each; k, v: 512 x 128 each
+        "mlp_per_block": 2_162_688,  # gate, up, down: 512 x 1408 each
+        "norms_per_block": 1_024,  # two RMSNorm gains of 512
+        "per_block": 2_819_072,
+        "blocks": 22_552_576,  # 8 x 2,819,072
+        "final_norm": 512,
+        "lm_head": 0,  # tied: the embedding matrix, already counted
+        "total": 25_829_888,
+    }
 
 
 def test_swiglu_sizes_follow_minimind_rules():
-    assert get_preset("minimind2-small").intermediate_size == 1408  # 64 * ceil(8/3 * 512 / 64)
-    assert get_preset("minimind2").intermediate_size == 2048
-    assert get_preset("minimind3").intermediate_size == 2432  # 64 * ceil(768 * pi / 64)
-    assert get_preset("minimind3").head_dim == 96
+    # MiniMind2: 8/3 x hidden, rounded up to a multiple of 64.
+    assert get_preset("minimind2-small").intermediate_size == 1408  # 8/3 x 512 = 1365.3 -> 22 x 64
+    assert get_preset("minimind2").intermediate_size == 2048  # 8/3 x 768 = 2048 exactly
+    assert get_preset("minimind2-moe").intermediate_size == 1728  # 8/3 x 640 = 1706.7 -> 27 x 64
+    assert get_preset("course-cpu").intermediate_size == 704  # 8/3 x 256 = 682.7 -> 11 x 64
+    assert get_preset("tiny").intermediate_size == 192  # 8/3 x 64 = 170.7 -> 3 x 64
+    # MiniMind3: pi x hidden, rounded up to a multiple of 64.
+    assert get_preset("minimind3").intermediate_size == 2432  # pi x 768 = 2412.7 -> 38 x 64
+    assert get_preset("minimind3").head_dim == 96  # 768 / 8 heads
 
 
 def test_tied_embedding_is_one_matrix_and_counted_once():
     model = MiniMind(tiny())
     assert model.lm_head.weight is model.embed_tokens.weight
+    assert model.num_parameters() == 508_224
     untied = MiniMind(tiny(tie_word_embeddings=False))
-    assert untied.num_parameters() == model.num_parameters() + 6400 * 64
-    assert count_parameters(untied.config)["total"] == untied.num_parameters()
+    assert untied.lm_head.weight is not untied.embed_tokens.weight
+    assert untied.num_parameters() == 917_824  # 508,224 + a separate 6400 x 64 head of 409,600
+    assert count_parameters(untied.config)["lm_head"] == 409_600
+    assert count_parameters(untied.config)["total"] == 917_824
+
+
+# --- presets and configs ------------------------------------------------------------------------------------
+
+
+def test_get_preset_returns_an_independent_copy():
+    first = get_preset("tiny")
+    first.num_layers = 99
+    assert get_preset("tiny").num_layers == 2
+    assert PRESETS["tiny"].num_layers == 2
+    assert get_preset("tiny") is not get_preset("tiny")
+
+
+def test_replace_recomputes_the_swiglu_width_only_when_asked():
+    small = get_preset("minimind2-small")
+    assert replace(small, hidden_size=768, intermediate_size=None).intermediate_size == 2048  # 8/3 x 768
+    assert replace(small, hidden_size=640, intermediate_size=None).intermediate_size == 1728  # 1706.7 -> 27 x 64
+    assert replace(small, hidden_size=768).intermediate_size == 1408  # a width that is set stays as it is
+
+
+def test_invalid_replace_raises_naming_the_fields():
+    with pytest.raises(ValueError, match="hidden_size=512 is not divisible by num_heads=7"):
+        replace(get_preset("minimind2-small"), num_heads=7)
+
+
+def test_from_dict_round_trips_and_refuses_unknown_keys():
+    cfg = get_preset("minimind3")
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match=r"unknown ModelConfig field\(s\): \['num_layer'\]"):
+        ModelConfig.from_dict({**get_preset("tiny").to_dict(), "num_layer": 3})
+
+
+def test_unknown_preset_names_the_choices():
+    with pytest.raises(ValueError, match="unknown preset 'gpt5'.*minimind2-small"):
+        get_preset("gpt5")
 
 
 # --- clear errors -------------------------------------------------------------------------------------------
@@ -98,12 +169,14 @@ def test_tied_embedding_is_one_matrix_and_counted_once():
 @pytest.mark.parametrize(
     "fields, message",
     [
-        (dict(hidden_size=100, num_heads=8), "not divisible by num_heads"),
-        (dict(num_heads=8, num_kv_heads=3), "not divisible by num_kv_heads"),
-        (dict(hidden_size=24, num_heads=8, num_kv_heads=8), "head_dim.*odd"),
+        (dict(hidden_size=100, num_heads=8), "hidden_size=100 is not divisible by num_heads=8"),
+        (dict(num_heads=8, num_kv_heads=3), "num_heads=8 is not divisible by num_kv_heads=3"),
+        (dict(hidden_size=24, num_heads=8, num_kv_heads=8), "head_dim = hidden_size / num_heads = 3 is odd"),
         (dict(num_experts=2, experts_per_token=3), "experts_per_token=3 must be between 1 and num_experts=2"),
-        (dict(attention="flash"), "attention must be"),
-        (dict(num_layers=0), "num_layers must be at least 1"),
+        (dict(num_experts=-1), "num_experts must be >= 0, got -1"),
+        (dict(attention="flash"), """attention must be "sdpa" or "naive", got 'flash'"""),
+        (dict(num_layers=0), "num_layers must be at least 1, got 0"),
+        (dict(dropout=1.0), r"dropout must be in \[0, 1\), got 1.0"),
     ],
 )
 def test_impossible_configs_raise(fields, message):
@@ -111,14 +184,9 @@ def test_impossible_configs_raise(fields, message):
         ModelConfig(**fields)
 
 
-def test_unknown_preset_names_the_choices():
-    with pytest.raises(ValueError, match="unknown preset 'gpt5'.*minimind2-small"):
-        get_preset("gpt5")
-
-
 def test_sequence_longer_than_max_positions_raises():
     model = MiniMind(tiny(max_position_embeddings=16)).eval()
-    model(torch.zeros(1, 16, dtype=torch.long))  # exactly the limit is fine
+    assert model(torch.zeros(1, 16, dtype=torch.long)).logits.shape == (1, 16, 6400)  # exactly the limit is fine
     with pytest.raises(ValueError, match="17 tokens is longer than max_position_embeddings=16"):
         model(torch.zeros(1, 17, dtype=torch.long))
     past = model(torch.zeros(1, 10, dtype=torch.long), use_cache=True).past_key_values
@@ -129,8 +197,10 @@ def test_sequence_longer_than_max_positions_raises():
 # --- attention paths and the KV cache ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("extra", [{}, {"qk_norm": True, "num_kv_heads": 1}])
-def test_sdpa_equals_naive_with_and_without_cache(extra):
+@pytest.mark.parametrize(
+    "extra, kv_heads", [({}, 2), ({"qk_norm": True, "num_kv_heads": 1}, 1)], ids=["gqa", "qk_norm-one_kv_head"]
+)
+def test_sdpa_equals_naive_with_and_without_cache(extra, kv_heads):
     torch.manual_seed(0)
     sdpa = randomize(MiniMind(tiny(attention="sdpa", **extra)))
     naive = MiniMind(tiny(attention="naive", **extra)).eval()
@@ -148,22 +218,8 @@ def test_sdpa_equals_naive_with_and_without_cache(extra):
                 pieces.append(out.logits)
                 past = out.past_key_values
             torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=0)
-            assert past[0][0].shape == (2, model.config.num_kv_heads, 24, 16)  # keys cached per KV head
-
-
-def test_greedy_generation_with_cache_equals_without():
-    torch.manual_seed(1)
-    model = randomize(MiniMind(tiny()), std=0.1)
-    prompt = [1, 400, 17, 2048]
-    with_cache = generate(model, prompt, max_new_tokens=24, temperature=0, use_cache=True)
-    without = generate(model, prompt, max_new_tokens=24, temperature=0, use_cache=False)
-    assert with_cache == without
-    assert len(with_cache) == 24 and len(set(with_cache)) > 1  # a real continuation, not one token repeated
-
-
-def test_generation_stops_at_the_context_limit():
-    model = MiniMind(tiny(max_position_embeddings=8))
-    assert len(generate(model, [1, 5, 6], max_new_tokens=50, temperature=0)) == 5
+            # keys cached per KV head, not per query head: (batch 2, KV heads, 24 tokens, head_dim 16)
+            assert past[0][0].shape == (2, kv_heads, 24, 16)
 
 
 # --- mixture of experts ---------------------------------------------------------------------------------------
@@ -171,6 +227,17 @@ def test_generation_stops_at_the_context_limit():
 
 def moe_config(**overrides) -> ModelConfig:
     return tiny(**{"num_experts": 4, "experts_per_token": 2, "shared_experts": 1, **overrides})
+
+
+class Scale(torch.nn.Module):
+    """A stand-in expert that multiplies its input by a constant, so a mixture can be worked out by hand."""
+
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.factor * x
 
 
 def test_each_token_goes_to_exactly_top_k_experts():
@@ -182,34 +249,40 @@ def test_each_token_goes_to_exactly_top_k_experts():
             expert.register_forward_hook(lambda m, inp, out, key=(layer_i, e): seen.__setitem__(key, inp[0].shape[0]))
     ids = torch.randint(0, 6400, (3, 11))
     model(ids)
-    n_tokens = 3 * 11
     for layer_i, layer in enumerate(model.layers):
         idx = layer.mlp.last_topk_idx
-        assert idx.shape == (n_tokens, 2)
+        assert idx.shape == (33, 2)  # 3 x 11 tokens, 2 experts each
         assert (idx[:, 0] != idx[:, 1]).all() and idx.min() >= 0 and idx.max() < 4
-        # the experts really ran on top-k * tokens rows in total, each on the tokens routed to it
+        # the experts really ran on 33 x 2 = 66 rows in total, each on the tokens routed to it
         rows = [seen.get((layer_i, e), 0) for e in range(4)]
-        assert sum(rows) == n_tokens * 2
+        assert sum(rows) == 66
         assert rows == [int((idx == e).sum()) for e in range(4)]
 
 
-def test_moe_output_is_the_weighted_sum_of_chosen_experts_plus_shared():
-    torch.manual_seed(0)
-    cfg = moe_config()
-    moe = MoEFeedForward(cfg)
+def test_moe_output_worked_example():
+    moe = MoEFeedForward(moe_config())  # 4 routed experts, top-2, 1 shared expert, hidden 64
+    moe.experts = torch.nn.ModuleList(Scale(k) for k in (1.0, 2.0, 3.0, 4.0))
+    moe.shared_experts = torch.nn.ModuleList([Scale(10.0)])
     with torch.no_grad():
-        for p in moe.parameters():
-            p.normal_(0, 0.2)
-    x = torch.randn(2, 5, 64)
+        # The router's logits are log-probabilities: input dimension 0 votes 0.4, 0.3, 0.2, 0.1 and
+        # dimension 1 the reverse, so a one-hot token gets exactly those probabilities.
+        moe.gate.weight.zero_()
+        moe.gate.weight[:, 0] = torch.tensor([0.4, 0.3, 0.2, 0.1]).log()
+        moe.gate.weight[:, 1] = torch.tensor([0.1, 0.2, 0.3, 0.4]).log()
+    x = torch.zeros(1, 3, 64)
+    x[0, 0, 0] = 1.0  # probabilities 0.4, 0.3, 0.2, 0.1
+    x[0, 1, 1] = 1.0  # probabilities 0.1, 0.2, 0.3, 0.4
+    x[0, 2, 0] = 2.0  # logits doubled: probabilities in the ratio 0.16 : 0.09 : 0.04 : 0.01
     out = moe(x)
-    flat = x.reshape(-1, 64)
-    probs = F.softmax(moe.gate(flat), dim=-1)
-    expected = torch.stack([
-        sum(probs[n, e] / probs[n, moe.last_topk_idx[n]].sum() * moe.experts[e](flat[n]) for e in moe.last_topk_idx[n])
-        + moe.shared_experts[0](flat[n])
-        for n in range(flat.shape[0])
-    ])
-    torch.testing.assert_close(out.reshape(-1, 64), expected, atol=1e-5, rtol=1e-5)
+    assert moe.last_topk_idx.tolist() == [[0, 1], [3, 2], [0, 1]]
+    expected = torch.zeros(1, 3, 64)
+    # token 0: experts 0 and 1, renormalised to 0.4/0.7 and 0.3/0.7: 4/7 x 1 + 3/7 x 2 + shared 10 = 80/7
+    expected[0, 0, 0] = 80 / 7
+    # token 1: experts 3 and 2, weighted 4/7 and 3/7: 4/7 x 4 + 3/7 x 3 + 10 = 95/7
+    expected[0, 1, 1] = 95 / 7
+    # token 2: experts 0 and 1, weighted 0.16/0.25 = 0.64 and 0.36: (0.64 x 1 + 0.36 x 2 + 10) x its input 2 = 22.72
+    expected[0, 2, 0] = 22.72
+    torch.testing.assert_close(out, expected)
 
 
 def test_aux_loss_is_one_when_uniform_and_grows_when_collapsed():
@@ -224,41 +297,55 @@ def test_aux_loss_is_one_when_uniform_and_grows_when_collapsed():
             moe.gate.weight[0] = 10.0  # every token prefers expert 0 with probability ~1
         moe(x)
         assert (moe.last_topk_idx[:, 0] == 0).all()
-        # collapse: aux -> num_experts / experts_per_token
+        # collapse: aux -> num_experts / experts_per_token = 4 / top_k
         assert moe.aux_loss.item() == pytest.approx(4 / top_k, abs=1e-3)
 
 
 def test_model_adds_aux_loss_to_the_training_loss_only():
     torch.manual_seed(0)
     model = randomize(MiniMind(moe_config(aux_loss_coef=0.5)))
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.mlp.gate.weight.zero_()  # uniform routing: each layer's aux loss is exactly 1.0
     ids = torch.randint(0, 6400, (2, 9))
-    out = model(ids, targets=ids)
-    ce = F.cross_entropy(out.logits.flatten(0, 1), ids.flatten())
-    assert out.aux_loss.item() == pytest.approx(sum(l.mlp.aux_loss.item() for l in model.layers))
-    torch.testing.assert_close(out.loss, ce)  # eval mode: the plain language-model loss
+    evaluated = model(ids, targets=ids)
+    assert evaluated.aux_loss.item() == pytest.approx(2.0)  # summed over the 2 layers
+    # eval mode: the plain language-model loss
+    torch.testing.assert_close(evaluated.loss, F.cross_entropy(evaluated.logits.flatten(0, 1), ids.flatten()))
     model.train()
-    out = model(ids, targets=ids)
-    torch.testing.assert_close(out.loss, ce + 0.5 * out.aux_loss)
+    trained = model(ids, targets=ids)
+    assert trained.loss.item() == pytest.approx(evaluated.loss.item() + 1.0, abs=1e-5)  # + 0.5 x 2.0
 
 
 # --- loss, gradients ----------------------------------------------------------------------------------------
 
 
-def test_loss_ignores_padding_targets():
-    torch.manual_seed(0)
-    model = randomize(MiniMind(tiny()))
-    ids = torch.randint(0, 6400, (2, 8))
-    targets = torch.randint(0, 6400, (2, 8))
-    targets[0, 5:] = IGNORE_INDEX
-    targets[1, :2] = IGNORE_INDEX
-    out = model(ids, targets=targets)
-    keep = targets != IGNORE_INDEX
-    log_probs = F.log_softmax(out.logits, dim=-1)
-    manual = -log_probs[keep].gather(-1, targets[keep][:, None]).mean()
-    torch.testing.assert_close(out.loss, manual)
-    # the same positions with real targets instead of IGNORE_INDEX give a different loss
-    full = model(ids, targets=torch.where(keep, targets, 7)).loss
-    assert not math.isclose(full.item(), out.loss.item(), rel_tol=1e-4)
+def copying_model() -> MiniMind:
+    """A tiny model whose prediction for input token i (i < 4) is i with probability exactly 1/2.
+
+    All matrices are zero except four embedding rows, s x e_i with s = ln(6399) / 8: attention and SwiGLU add
+    nothing, the final RMSNorm turns s x e_i into sqrt(64) x e_i = 8 e_i, and the tied head scores token j with
+    8 x (row j . e_i) = ln(6399) for j = i and 0 for the other 6399 tokens. So p(i) = 6399 / (6399 + 6399) = 1/2,
+    and every other token has p = 1 / 12,798.
+    """
+    model = MiniMind(tiny(rms_norm_eps=1e-12)).eval()  # eps negligible next to mean(x^2) = s^2 / 64
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.zero_()
+        for i in range(4):
+            model.embed_tokens.weight[i, i] = math.log(6399) / 8
+    return model
+
+
+def test_loss_worked_example_ignores_padding_targets():
+    model = copying_model()
+    ids = torch.tensor([[0, 1, 2, 3]])
+    # Targets: 0 (the copy: loss ln 2 = 0.6931) and 5 (not the copy: loss ln 12,798 = 9.4570); two are padding.
+    targets = torch.tensor([[0, IGNORE_INDEX, 5, IGNORE_INDEX]])
+    assert model(ids, targets=targets).loss.item() == pytest.approx(5.0751, abs=1e-4)  # (0.6931 + 9.4570) / 2
+    # The padded positions with real targets (the copies 1 and 3) count: (3 x 0.6931 + 9.4570) / 4 = 2.8841.
+    assert model(ids, targets=torch.tensor([[0, 1, 5, 3]])).loss.item() == pytest.approx(2.8841, abs=1e-4)
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
@@ -274,155 +361,6 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     plain = grads()
     model.gradient_checkpointing = True
     checkpointed = grads()
+    assert list(checkpointed) == list(plain)
     for name in plain:
         torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=1e-5)
-
-
-# --- sampling filters ---------------------------------------------------------------------------------------
-
-
-def test_filter_logits_worked_examples():
-    # probabilities 0.1, 0.5, 0.15, 0.25 (deliberately not sorted)
-    logits = torch.tensor([[0.1, 0.5, 0.15, 0.25]]).log()
-    kept = lambda out: (out[0] > float("-inf")).nonzero().flatten().tolist()  # noqa: E731
-    assert kept(filter_logits(logits)) == [0, 1, 2, 3]
-    assert kept(filter_logits(logits, top_k=2)) == [1, 3]
-    assert kept(filter_logits(logits, top_k=1)) == [1]
-    assert kept(filter_logits(logits, top_k=10)) == [0, 1, 2, 3]  # k above the vocabulary keeps all
-    # top_p keeps the most likely tokens until their total reaches p: 0.5 -> {1}; 0.7 -> 0.5 + 0.25; 0.8 -> + 0.15
-    assert kept(filter_logits(logits, top_p=0.5)) == [1]
-    assert kept(filter_logits(logits, top_p=0.7)) == [1, 3]
-    assert kept(filter_logits(logits, top_p=0.8)) == [1, 2, 3]
-    assert kept(filter_logits(logits, top_p=0.01)) == [1]  # the best token always stays
-    assert kept(filter_logits(logits, top_k=3, top_p=0.7)) == [1, 3]
-    # kept logits are unchanged, and each row of a batch is filtered on its own
-    out = filter_logits(logits, top_k=2)
-    assert out[0, 1] == logits[0, 1] and out[0, 3] == logits[0, 3]
-    batch = filter_logits(torch.tensor([[3.0, 2.0, 1.0], [1.0, 2.0, 3.0]]), top_k=1)
-    assert torch.isfinite(batch).tolist() == [[True, False, False], [False, False, True]]
-
-
-# --- the presets command ------------------------------------------------------------------------------------
-
-
-def test_presets_command_table_and_json(capsys):
-    assert cli.main(["presets"]) == 0
-    table = capsys.readouterr().out.splitlines()
-    assert table[0].split()[:4] == ["preset", "total", "embedding", "per"]
-    by_name = {line.split()[0]: line.split() for line in table[1:]}
-    assert set(by_name) == set(PRESETS)
-    assert by_name["minimind2-small"][1:4] == ["25,829,888", "3,276,800", "2,819,072"]
-    assert by_name["minimind2-moe"][1] == "145,029,760"
-
-    assert cli.main(["presets", "--json"]) == 0
-    rows = json.loads(capsys.readouterr().out)
-    assert [r["preset"] for r in rows] == list(PRESETS)
-    for row in rows:
-        cfg = get_preset(row["preset"])
-        counts = count_parameters(cfg)
-        assert row["total"] == EXPECTED_PARAMETERS[row["preset"]]
-        assert (row["embedding"], row["per_block"]) == (counts["embedding"], counts["per_block"])
-        assert (row["hidden_size"], row["num_layers"], row["num_heads"], row["num_kv_heads"]) == (
-            cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.num_kv_heads)
-    moe = next(r for r in rows if r["preset"] == "minimind2-moe")
-    assert (moe["num_experts"], moe["experts_per_token"], moe["shared_experts"]) == (4, 2, 1)
-
-
-# --- Hugging Face equivalence -------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("name", DENSE_REFERENCE_PRESETS)
-def test_hf_logits_match_and_round_trip(name, tmp_path):
-    cfg = replace(get_preset(name), num_layers=2)  # full width, shrunk in depth for CI time
-    model = randomize(MiniMind(cfg), seed=3)
-    export_hf(model, tmp_path)
-    reference = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
-    assert type(reference).__name__ == ("Qwen3ForCausalLM" if cfg.qk_norm else "LlamaForCausalLM")
-    assert reference.num_parameters() == model.num_parameters()
-    ids = torch.randint(0, cfg.vocab_size, (2, 48), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        ours = model(ids).logits
-        theirs = reference(ids).logits
-        assert ours.abs().max() > 1.0  # the comparison is not between near-zero numbers
-        assert (ours - theirs).abs().max().item() < 1e-4
-        back = load_hf(tmp_path)
-        assert back.config == cfg
-        assert torch.equal(back(ids).logits, ours)
-
-
-def test_hf_untied_head_exports_and_loads(tmp_path):
-    cfg = tiny(tie_word_embeddings=False, qk_norm=True)
-    model = randomize(MiniMind(cfg), seed=4)
-    export_hf(model, tmp_path)
-    reference = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
-    ids = torch.randint(0, 6400, (1, 20))
-    with torch.no_grad():
-        assert (model(ids).logits - reference(ids).logits).abs().max().item() < 1e-4
-        assert torch.equal(load_hf(tmp_path)(ids).logits, model(ids).logits)
-    assert not torch.equal(reference.lm_head.weight, reference.model.embed_tokens.weight)
-    # a folder written by transformers itself reads back too
-    reference.save_pretrained(tmp_path / "saved_by_transformers")
-    with torch.no_grad():
-        assert torch.equal(load_hf(tmp_path / "saved_by_transformers")(ids).logits, model(ids).logits)
-
-
-def test_hf_export_keeps_bf16(tmp_path):
-    model = randomize(MiniMind(tiny()), seed=6).to(torch.bfloat16)
-    export_hf(model, tmp_path)
-    assert json.loads((tmp_path / "config.json").read_text())["dtype"] == "bfloat16"
-    back = load_hf(tmp_path)
-    assert back.embed_tokens.weight.dtype == torch.bfloat16
-    for (name, ours), (_, theirs) in zip(model.state_dict().items(), back.state_dict().items()):
-        assert torch.equal(ours, theirs), name
-
-
-def test_hf_folder_with_tokenizer_loads_with_auto_classes(tmp_path):
-    from minimind_edu.tokenizer import default_tokenizer_dir, get_default_tokenizer
-
-    tok = get_default_tokenizer()
-    model = randomize(MiniMind(tiny()), seed=5, std=0.1)
-    export_hf(model, tmp_path, tokenizer_dir=default_tokenizer_dir())
-    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path)
-    hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
-    text = "Once upon a time, 床前明月光"
-    ids = [1] + tok.encode(text).ids
-    assert hf_tok(text)["input_ids"] == ids[1:]
-    assert (hf_tok.bos_token_id, hf_tok.eos_token_id, hf_tok.pad_token_id) == (1, 2, 0)
-    x = torch.tensor([ids])
-    with torch.no_grad():
-        assert (model(x).logits - hf_model(x).logits).abs().max().item() < 1e-4
-        hf_new = hf_model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=12, do_sample=False)
-    hf_new = hf_new[0, x.shape[1]:].tolist()
-    if 2 in hf_new:  # transformers keeps the eos it stopped at; ours stops before it
-        hf_new = hf_new[: hf_new.index(2)]
-    assert generate(model, ids, max_new_tokens=12, temperature=0, eos_token_id=2) == hf_new
-    assert isinstance(hf_tok.decode(hf_new), str)
-
-
-def test_hf_export_refuses_moe_and_load_refuses_bad_folders(tmp_path):
-    with pytest.raises(ValueError, match="mixture-of-experts.*cannot be exported"):
-        export_hf(MiniMind(moe_config()), tmp_path / "moe")
-    with pytest.raises(FileNotFoundError, match="has no config.json"):
-        load_hf(tmp_path / "missing")
-    folder = export_hf(MiniMind(tiny()), tmp_path / "ok")
-    config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
-    with pytest.raises(ValueError, match="config.json: model_type='gpt2' is not supported"):
-        load_hf(folder)
-    (folder / "config.json").write_text(json.dumps({**config, "hidden_act": "gelu"}))
-    with pytest.raises(ValueError, match="hidden_act='gelu'"):
-        load_hf(folder)
-    (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 3}))
-    with pytest.raises(ValueError, match="does not match its config.json: missing"):
-        load_hf(folder)
-    (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
-    (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="pickle"):
-        load_hf(folder)
-
-
-def test_hf_config_fields():
-    config = hf_config(get_preset("minimind3"))
-    assert config["model_type"] == "qwen3" and config["head_dim"] == 96 and config["rms_norm_eps"] == 1e-6
-    assert config["rope_parameters"] == {"rope_type": "default", "rope_theta": 1e6}
-    assert config["intermediate_size"] == 2432 and config["num_key_value_heads"] == 4
-    assert hf_config(get_preset("minimind2-small"))["model_type"] == "llama"

@@ -1,11 +1,13 @@
-"""The course tokenizer: special ids, transformers compatibility, save/load, errors, and the CLI."""
+"""The course tokenizer: special ids, transformers compatibility, the chat template, save/load, errors.
+(The ``train-tokenizer`` command is tested in test_cli.py.)"""
 from __future__ import annotations
 
 import json
 
+import jinja2
 import pytest
+import transformers  # a test dependency (pyproject [test]): the reference for AutoTokenizer compatibility
 
-from minimind_edu.cli import main
 from minimind_edu.corpus import CorpusError
 from minimind_edu.tokenizer import (
     BOS_ID,
@@ -57,6 +59,7 @@ def course_dir():
 
 # --- the trained tokenizer -------------------------------------------------------------------------------------
 def test_special_token_ids(small_tokenizer):
+    assert SPECIAL_TOKENS == ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # MiniMind2's, in MiniMind2's order
     assert (PAD_ID, BOS_ID, EOS_ID) == (0, 1, 2)
     assert [small_tokenizer.token_to_id(t) for t in SPECIAL_TOKENS] == [0, 1, 2]
     assert small_tokenizer.encode("<|im_start|>hi<|im_end|>").ids[0] == BOS_ID
@@ -87,7 +90,6 @@ def test_course_tokenizer_compresses_both_languages():
 
 # --- transformers compatibility --------------------------------------------------------------------------------
 def test_auto_tokenizer_gives_the_same_ids(course_dir):
-    transformers = pytest.importorskip("transformers")
     hf = transformers.AutoTokenizer.from_pretrained(str(course_dir))
     tok = load_tokenizer(course_dir)
     for text in SAMPLES:
@@ -98,7 +100,6 @@ def test_auto_tokenizer_gives_the_same_ids(course_dir):
 
 @pytest.mark.parametrize("add_generation_prompt", [False, True])
 def test_auto_tokenizer_chat_template_matches(course_dir, add_generation_prompt):
-    transformers = pytest.importorskip("transformers")
     hf = transformers.AutoTokenizer.from_pretrained(str(course_dir))
     ours = apply_chat_template(MESSAGES, add_generation_prompt=add_generation_prompt)
     assert hf.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=add_generation_prompt) == ours
@@ -106,10 +107,17 @@ def test_auto_tokenizer_chat_template_matches(course_dir, add_generation_prompt)
     assert ours.endswith("<|im_start|>assistant\n") == add_generation_prompt
 
 
-def test_chat_template_worked_example():
-    text = apply_chat_template([{"role": "user", "content": "你好"}], add_generation_prompt=True)
-    assert text == "<|im_start|>user\n你好<|im_end|>\n<|im_start|>assistant\n"
-    assert "<|im_start|>" in CHAT_TEMPLATE and "add_generation_prompt" in CHAT_TEMPLATE
+@pytest.mark.parametrize(
+    "add_generation_prompt, expected",
+    [(False, "<|im_start|>user\n你好<|im_end|>\n"),
+     (True, "<|im_start|>user\n你好<|im_end|>\n<|im_start|>assistant\n")],
+)
+def test_chat_template_worked_example(add_generation_prompt, expected):
+    messages = [{"role": "user", "content": "你好"}]
+    assert apply_chat_template(messages, add_generation_prompt=add_generation_prompt) == expected
+    # The Jinja template saved for transformers renders the same text.
+    rendered = jinja2.Template(CHAT_TEMPLATE).render(messages=messages, add_generation_prompt=add_generation_prompt)
+    assert rendered == expected
 
 
 # --- save / load -----------------------------------------------------------------------------------------------
@@ -117,7 +125,8 @@ def test_save_load_round_trip(small_tokenizer, tmp_path):
     folder = save_tokenizer(small_tokenizer, tmp_path / "tok")
     assert {p.name for p in folder.iterdir()} == {"tokenizer.json", "tokenizer_config.json"}
     config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
-    assert (config["bos_token"], config["eos_token"], config["pad_token"]) == ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
+    assert (config["bos_token"], config["eos_token"], config["pad_token"]) == (
+        "<|im_start|>", "<|im_end|>", "<|endoftext|>")
     assert config["chat_template"] == CHAT_TEMPLATE
     loaded = load_tokenizer(folder)
     assert loaded.get_vocab() == small_tokenizer.get_vocab()
@@ -139,7 +148,7 @@ def test_empty_corpus(docs):
 
 
 def test_vocab_size_too_small():
-    assert MIN_VOCAB_SIZE == 259
+    assert MIN_VOCAB_SIZE == 259  # the 256 byte tokens + 3 special tokens
     with pytest.raises(TokenizerError, match=r"vocab_size=258 is too small.*at least 259"):
         train_tokenizer(SMALL_DOCS, vocab_size=258)
     assert train_tokenizer(SMALL_DOCS, vocab_size=259).get_vocab_size() == 259
@@ -172,46 +181,6 @@ def test_train_from_files_errors(tmp_path):
         train_tokenizer_from_files([bad], vocab_size=300)
     with pytest.raises(TokenizerError, match="no corpus files given"):
         train_tokenizer_from_files([], vocab_size=300)
-    with pytest.raises(TokenizerError, match="too small"):  # checked before reading the (missing) file
+    # vocab_size is checked before the (missing) file is read
+    with pytest.raises(TokenizerError, match="vocab_size=100 is too small"):
         train_tokenizer_from_files([tmp_path / "missing.txt"], vocab_size=100)
-
-
-# --- command line ----------------------------------------------------------------------------------------------
-@pytest.fixture
-def small_corpus(tmp_path):
-    text_file = tmp_path / "stories.txt"
-    text_file.write_text("<|endoftext|>".join(SMALL_DOCS[:2] * 5) + "<|endoftext|>", encoding="utf-8")
-    jsonl_file = tmp_path / "poems.jsonl"
-    jsonl_file.write_text("\n".join(json.dumps({"text": d}, ensure_ascii=False) for d in SMALL_DOCS[2:4] * 5),
-                          encoding="utf-8")
-    return text_file, jsonl_file
-
-
-def test_cli_train_tokenizer(small_corpus, tmp_path, capsys):
-    out = tmp_path / "cli_tok"
-    rc = main(["train-tokenizer", "--out", str(out), "--data", *map(str, small_corpus), "--vocab-size", "300"])
-    printed = capsys.readouterr().out
-    assert rc == 0
-    assert "trained in" in printed and " s" in printed and "vocab size 300" in printed and str(out) in printed
-    tok = load_tokenizer(out)
-    assert tok.get_vocab_size() == 300
-    library = train_tokenizer_from_files(small_corpus, vocab_size=300)
-    assert tok.to_str() == library.to_str()  # the CLI is a thin wrapper around the library
-
-
-def test_cli_default_corpus(tmp_path, capsys):
-    out = tmp_path / "default_tok"
-    assert main(["train-tokenizer", "--out", str(out)]) == 0
-    assert "vocab size 6400" in capsys.readouterr().out
-    assert load_tokenizer(out).to_str() == get_default_tokenizer().to_str()
-
-
-@pytest.mark.parametrize(
-    ("extra", "message"),
-    [(["--vocab-size", "10"], "at least 259"),
-     (["--data", "does_not_exist.txt"], "does_not_exist.txt: no such corpus file")],
-)
-def test_cli_errors_are_one_line(tmp_path, capsys, extra, message):
-    assert main(["train-tokenizer", "--out", str(tmp_path / "x"), *extra]) == 2
-    err = capsys.readouterr().err
-    assert message in err and err.count("\n") == 1 and "Traceback" not in err

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from jupyterlab_driver import REPO, find_chromium, launch_chromium, running_lab
 
 ARTIFACTS = Path(os.environ.get("MINIMIND_EDU_E2E_ARTIFACTS", REPO / "test-artifacts" / "e2e"))
