@@ -123,6 +123,7 @@ GPU_PEAK_TFLOPS: dict[str, dict[str, float | None]] = {
     "RTX 4090": {"bf16": 165.2, "fp16": 165.2, "fp32": 82.6},
 }
 
+
 def gpu_peak_flops(device_name: str, dtype: torch.dtype | str = torch.bfloat16) -> float | None:
     """Dense peak FLOP/s of a GPU from its name (``torch.cuda.get_device_name()``), or None when unknown.
 

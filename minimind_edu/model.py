@@ -111,7 +111,6 @@ class ModelConfig:
         return cls(**d)
 
 
-
 PRESETS: dict[str, ModelConfig] = {
     # MiniMind2-small, the "26M" model the course centres on: 25,829,888 parameters.
     "minimind2-small": ModelConfig(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=2),
@@ -197,6 +196,7 @@ def sdpa_reads_kv_unrepeated(cfg: ModelConfig) -> bool:
     """True when ``attention="sdpa"`` hands k and v to the kernel at ``num_kv_heads`` (``enable_gqa``),
     so no repeated copy is made or saved for backward; False when there is nothing to repeat or torch is old."""
     return cfg.num_heads > cfg.num_kv_heads and SDPA_HAS_GQA
+
 
 KVCache = list  # one (keys, values) pair per layer, each (B, kv_heads, T_so_far, head_dim)
 

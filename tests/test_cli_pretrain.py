@@ -59,6 +59,7 @@ def test_resume_after_a_lost_checkpoint_repeats_the_same_steps(run_dir, corpus, 
     code = main(["pretrain", *TINY, "--data", str(corpus), "--steps", "8", "--save-every", "4", "--eval-every", "4",
                  "--samples", "0", "--out", str(copy), "--resume"])
     assert code == 0
+
     def strip(records):  # what depends on the machine's speed
         return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "mfu", "peak_mem", "elapsed_s")}
                 for r in records]
