@@ -198,7 +198,8 @@ def sdpa_reads_kv_unrepeated(cfg: ModelConfig) -> bool:
     return cfg.num_heads > cfg.num_kv_heads and SDPA_HAS_GQA
 
 
-KVCache = list  # one (keys, values) pair per layer, each (B, kv_heads, T_so_far, head_dim)
+KVPair = tuple[torch.Tensor, torch.Tensor]  # one layer's (keys, values), each (B, kv_heads, T_so_far, head_dim)
+KVCache = list  # one KVPair per layer
 
 
 class Attention(nn.Module):
@@ -218,13 +219,8 @@ class Attention(nn.Module):
         self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        past_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                past_kv: KVPair | None = None) -> tuple[torch.Tensor, KVPair]:
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim)
@@ -330,13 +326,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MoEFeedForward(cfg) if cfg.num_experts else FeedForward(cfg)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        past_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                past_kv: KVPair | None = None) -> tuple[torch.Tensor, KVPair]:
         attn_out, present = self.self_attn(self.input_layernorm(x), cos, sin, past_kv)
         x = x + attn_out
         x = x + self.mlp(self.post_attention_layernorm(x))
