@@ -3,17 +3,16 @@
     python benchmarks/memory_grid.py            # writes benchmarks/results/memory_grid_cpu.{csv,png}
 
 Every point runs two real training steps (forward, backward, and the trainer's own AdamW from
-minimind_edu.train.make_optimizer, i.e. the fused kernel) and counts live tensor storages on the second; the
+minimind_edu.optim.make_optimizer, i.e. the fused kernel) and counts live tensor storages on the second; the
 estimate comes from minimind_edu.memory.estimate. Two extra points step PyTorch's foreach and per-tensor
 AdamW kernels instead ("adamw-foreach", "adamw-forloop"). Also timed: one estimate() call.
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
 import argparse
 import csv
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from minimind_edu.memory import estimate, measure
@@ -37,7 +36,8 @@ def grid() -> list[tuple[str, object, int, int, str, str, bool, str]]:
         for batch, seq in ((1, 32), (8, 128), (2, 512), (32, 64)):
             for attention, precision, ckpt in (("sdpa", "bf16", False), ("naive", "fp32", True),
                                                 ("sdpa", "fp32", layers % 2 == 0)):
-                points.append((f"h{hidden}-l{layers}", small(hidden, layers), batch, seq, attention, precision, ckpt, "adamw"))
+                points.append((f"h{hidden}-l{layers}", small(hidden, layers), batch, seq, attention, precision, ckpt,
+                               "adamw"))
     real = get_preset("minimind2-small")
     for batch, seq, attention, precision, ckpt, opt in (
         (2, 128, "sdpa", "bf16", False, "adamw"), (4, 256, "sdpa", "bf16", False, "adamw"),
@@ -66,7 +66,8 @@ def run(points, device: str, estimate_device: str | None = None) -> list[dict]:
         rel = (e.peak_bytes - m.peak_bytes) / m.peak_bytes if m.fits else float("nan")
         rows.append({"model": name, "hidden": cfg.hidden_size, "layers": cfg.num_layers, "batch": batch,
                      "seq_len": seq, "attention": attention, "precision": precision, "checkpointing": ckpt,
-                     "optimizer": opt, "estimated_bytes": e.peak_bytes, "measured_bytes": m.peak_bytes if m.fits else "",
+                     "optimizer": opt, "estimated_bytes": e.peak_bytes,
+                     "measured_bytes": m.peak_bytes if m.fits else "",
                      "relative_error": f"{rel:.5f}", "estimated_phase": e.peak_phase,
                      "reserved_bytes": m.reserved_bytes if m.reserved_bytes is not None else "",
                      "driver_bytes": m.driver_bytes if m.driver_bytes is not None else "",

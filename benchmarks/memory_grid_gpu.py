@@ -7,7 +7,7 @@ Same points as benchmarks/memory_grid.py (a few minutes on one GPU). On CUDA, ``
 torch.cuda.max_memory_allocated of the second training step, ``reserved_bytes`` max_memory_reserved and
 ``driver_bytes`` the device's used memory (what nvidia-smi shows, other processes included); the estimate
 is taken with device="cuda" (the trainer's fused AdamW on both sides: measure() steps
-minimind_edu.train.make_optimizer) and its approximate overhead is written beside them, so the
+minimind_edu.optim.make_optimizer) and its approximate overhead is written beside them, so the
 constants in minimind_edu/memory.py (CUDA context, cuBLAS workspace, allocator slack) can be checked.
 """
 from __future__ import annotations
@@ -18,7 +18,6 @@ import re
 from pathlib import Path
 
 import torch
-
 from memory_grid import RESULTS, grid, run  # same folder
 
 FIELDS = ["gpu", "model", "hidden", "layers", "batch", "seq_len", "attention", "precision", "checkpointing",

@@ -93,17 +93,20 @@ def add_presets_command(sub: argparse._SubParsersAction) -> None:
 
 # --- memory -----------------------------------------------------------------------------------------------
 def add_memory_command(sub: argparse._SubParsersAction) -> None:
+    from .device import PRECISIONS
+    from .memory_measure import ATTENTIONS
+    from .optim import OPTIMIZERS
+
     p = sub.add_parser("memory", help="estimate (and optionally measure) the memory of a training step")
     p.add_argument("--preset", default="minimind2-small", help="model preset (default: minimind2-small)")
     p.add_argument("--layers", type=int, help="override the preset's number of layers")
     p.add_argument("--hidden", type=int, help="override the preset's hidden size")
     p.add_argument("--batch", type=int, required=True, help="batch size")
     p.add_argument("--seq", type=int, required=True, help="sequence length in tokens")
-    p.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default="bf16")
-    p.add_argument("--optimizer", default="adamw",
-                   choices=["adamw", "adamw-fused", "adamw-foreach", "adamw-forloop", "sgd", "none"],
+    p.add_argument("--precision", choices=PRECISIONS, default="bf16")
+    p.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS,
                    help="adamw: the trainer's (fused AdamW); adamw-foreach/-forloop: PyTorch's other kernels")
-    p.add_argument("--attention", choices=["sdpa", "naive"], help="default: the preset's")
+    p.add_argument("--attention", choices=ATTENTIONS, help="default: the preset's")
     p.add_argument("--checkpointing", action="store_true", help="recompute each block in backward")
     p.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
     p.add_argument("--gpu", help="GPU card preset (e.g. rtx-4090) or size in GB: adds CUDA overhead and a fit check")
@@ -113,7 +116,8 @@ def add_memory_command(sub: argparse._SubParsersAction) -> None:
     def run(args: argparse.Namespace) -> int:
         import json
 
-        from . import memory
+        from .memory import StepSpec, get_gpu
+        from .memory_report import memory_report
         from .model import get_preset
 
         overrides = {k: v for k, v in (("num_layers", args.layers), ("hidden_size", args.hidden)) if v is not None}
@@ -121,43 +125,15 @@ def add_memory_command(sub: argparse._SubParsersAction) -> None:
             overrides["intermediate_size"] = None
         cfg = replace(get_preset(args.preset), **overrides)
         gpu = None
-        if args.gpu:
+        if args.gpu:  # a size in GB, else a card preset's name
             try:
-                gpu = memory.get_gpu(float(args.gpu))
+                gpu = get_gpu(float(args.gpu))
             except ValueError:
-                gpu = memory.get_gpu(args.gpu)
-        opts = dict(precision=args.precision, optimizer=args.optimizer, attention=args.attention,
-                    checkpointing=args.checkpointing, grad_accum_steps=args.grad_accum)
-        est = memory.estimate(cfg, args.batch, args.seq, device="cuda" if gpu else "cpu", gpu=gpu, **opts)
-        measured = memory.measure(cfg, args.batch, args.seq, **opts) if args.measure else None
-        fit = None
-        if gpu:
-            fit = {"gpu": gpu.name, "capacity_bytes": gpu.memory_bytes, "fits": est.total_with_overhead <= gpu.memory_bytes,
-                   "largest_batch": memory.largest_batch(cfg, args.seq, gpu, **opts)}
-        if args.json:
-            out = est.to_dict()
-            if measured is not None:
-                out["measured"] = {"device": measured.device, "fits": measured.fits, "peak_bytes": measured.peak_bytes,
-                                   "phase_peaks": measured.phase_peaks, "error": measured.error,
-                                   "relative_error": (est.peak_bytes - measured.peak_bytes) / measured.peak_bytes
-                                   if measured.peak_bytes else None}
-            if fit:
-                out["fit"] = fit
-            print(json.dumps(out, indent=2))
-            return 0
-        print(f"{args.preset} ({est.num_parameters:,} parameters), batch {args.batch} x {args.seq} tokens, "
-              f"{args.precision}, {est.attention} attention, optimizer {args.optimizer}"
-              + (", checkpointing" if args.checkpointing else ""))
-        print(memory.format_table(est, measured.peak_bytes if measured and measured.fits else None))
-        if measured is not None and not measured.fits:
-            print(f"measured on {measured.device}: {measured.error}")
-        elif measured is not None:
-            print(f"(measured on {measured.device}: " + ", ".join(
-                f"{k} {v / memory.MiB:.1f} MiB" for k, v in measured.phase_peaks.items()) + ")")
-        if fit:
-            verdict = "fits" if fit["fits"] else "does NOT fit"
-            print(f"{verdict} on {gpu.name} ({gpu.memory_gb:.0f} GB); largest batch that fits at seq {args.seq}: "
-                  f"{fit['largest_batch']}")
+                gpu = get_gpu(args.gpu)
+        spec = StepSpec(args.batch, args.seq, args.precision, args.optimizer, args.attention, args.checkpointing,
+                        args.grad_accum)
+        report = memory_report(cfg, spec, gpu, measure=args.measure, model_name=args.preset)
+        print(json.dumps(report.to_dict(), indent=2) if args.json else report.format())
         return 0
 
     p.set_defaults(func=run)
@@ -189,7 +165,8 @@ def add_pretrain_command(sub: argparse._SubParsersAction) -> None:
     length.add_argument("--steps", type=int, help="optimizer steps")
     length.add_argument("--epochs", type=float, help="passes over the training data")
     length.add_argument("--minutes", type=float,
-                        help="time budget: steps are fitted so training (and the cosine schedule) ends in about this long")
+                        help="time budget: steps are fitted so training (and the cosine schedule) ends in about "
+                        "this long")
     p.add_argument("--batch", type=int, default=None, help="sequences per step (default: 16 on CPU, 32 on GPU)")
     p.add_argument("--seq", type=int, default=None, help="tokens per sequence (default: 256 on CPU, 512 on GPU)")
     p.add_argument("--accum", type=int, default=1, help="gradient accumulation micro-batches per step")

@@ -1,5 +1,10 @@
 """Measure the memory of real MiniMind training steps: exactly on CPU, with the allocator's counters on CUDA.
 
+The estimator in :mod:`minimind_edu.memory` is only as good as the step it is checked against, so this module
+runs that step for real: the same model, the optimizer :func:`minimind_edu.optim.make_optimizer` builds (or
+one named in :data:`~minimind_edu.optim.OPTIMIZERS`), autocast as the trainer uses it. :class:`StepSpec`,
+the description of one step, lives here for the same reason: the estimate models what is measured here.
+
 On CPU there is no ``max_memory_allocated``, so :class:`StorageTracker` watches every tensor storage that
 PyTorch creates while a training step runs (a ``TorchDispatchMode`` sees every operator's outputs, forward,
 backward and optimizer alike) and a weakref finalizer on each storage subtracts its bytes when PyTorch frees
@@ -12,13 +17,14 @@ What a CPU measurement tells about a GPU, and what it does not:
     anything a CUDA kernel allocates on its own.
   * It cannot see kernel choice: on CUDA, ``scaled_dot_product_attention`` runs a flash / memory-efficient
     kernel whose saved tensors (log-sum-exp, RNG state) differ a little from the CPU kernel's. AdamW is the
-    trainer's own (``train.make_optimizer``: the fused kernel on CPU and CUDA, which makes no temporaries);
+    trainer's own (``optim.make_optimizer``: the fused kernel on CPU and CUDA, which makes no temporaries);
     PyTorch's defaults, ``foreach`` (CUDA: one big batch of temporaries) and the per-tensor loop (CPU), can
     be measured with ``optimizer="adamw-foreach"`` / ``"adamw-forloop"`` and the estimator models all three.
   * It cannot see memory a kernel allocates inside C++ without returning it as a tensor. The fused CPU AdamW
     kernel (ATen's cpu/FusedAdamKernel.cpp) updates m, v and each weight element by element in place and
     allocates nothing (its ``grad.contiguous()`` is a no-op for our contiguous gradients), so none is missed
-    there. The fused CUDA kernel reads the same way, but this course has no GPU to check it on.
+    there. The fused CUDA kernel's source reads the same way; that one is checked only by running the
+    measurement on a GPU (``benchmarks/memory_grid_gpu.py``).
   * It cannot see the CUDA context, the cuBLAS workspace or the caching allocator's reserved-but-unused
     memory, which nvidia-smi shows on top. Those are reported separately by the estimator, as approximations.
 """
@@ -26,17 +32,57 @@ from __future__ import annotations
 
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from .device import autocast_dtype, check_precision
+from .device import PRECISIONS, autocast_dtype
 from .model import MiniMind, ModelConfig
 from .optim import OPTIMIZERS, optimizer_by_name
 
 PHASES = ("forward", "backward", "optimizer")
+ATTENTIONS = ("sdpa", "naive")
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """One training step: what :func:`measure_step` runs and :func:`minimind_edu.memory.estimate_step` models.
+
+    ``precision``: "fp32", or "bf16"/"fp16" autocast with fp32 master weights (fp16 adds a grad scaler).
+    ``optimizer``: one of :data:`~minimind_edu.optim.OPTIMIZERS`. ``attention``: "sdpa" or "naive"; None keeps
+    the model config's. ``checkpointing`` recomputes each block in backward. ``grad_accum_steps`` micro-batches
+    of ``batch_size`` make one optimizer step. ``device``: "cpu" or "cuda", where the step runs (measured) or
+    is meant to run (estimated: CUDA adds the framework overhead and picks CUDA's AdamW kernel).
+    A bad value raises ``ValueError`` naming the field and what it may be.
+    """
+
+    batch_size: int
+    seq_len: int
+    precision: str = "bf16"
+    optimizer: str = "adamw"
+    attention: str | None = None
+    checkpointing: bool = False
+    grad_accum_steps: int = 1
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "seq_len", "grad_accum_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name, allowed in (("precision", PRECISIONS), ("optimizer", OPTIMIZERS), ("attention", ATTENTIONS),
+                              ("device", DEVICES)):
+            value = getattr(self, name)
+            if value not in allowed and not (name == "attention" and value is None):
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def default_device() -> str:
+    """Where a measurement runs unless told: "cuda" when this torch sees a GPU, else "cpu"."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class StorageTracker(TorchDispatchMode):
@@ -126,26 +172,57 @@ class Measurement:
     timeline: list[tuple[str, int]] | None = None
 
 
-def _build(cfg: ModelConfig, attention: str | None, checkpointing: bool, optimizer: str, device: str, seed: int):
+def measure(model_config: ModelConfig, batch_size: int, seq_len: int, *, precision: str = "bf16",
+            optimizer: str = "adamw", attention: str | None = None, checkpointing: bool = False,
+            grad_accum_steps: int = 1, device: str | None = None, seed: int = 0,
+            record_timeline: bool = False) -> Measurement:
+    """:func:`measure_step` with the step given as keywords (see :class:`StepSpec`); ``device=None`` picks
+    :func:`default_device`."""
+    spec = StepSpec(batch_size, seq_len, precision, optimizer, attention, checkpointing, grad_accum_steps,
+                    device or default_device())
+    return measure_step(model_config, spec, seed=seed, record_timeline=record_timeline)
+
+
+def measure_step(model_config: ModelConfig, spec: StepSpec, seed: int = 0,
+                 record_timeline: bool = False) -> Measurement:
+    """Run real training steps of MiniMind and measure the peak memory of the second one.
+
+    The first step creates the optimizer state; the second is measured, phase by phase (forward, backward,
+    optimizer). On CUDA the numbers are the caching allocator's ``max_memory_allocated`` /
+    ``max_memory_reserved`` and the driver's used memory; an out-of-memory error returns ``fits=False``. On
+    CPU the peak is the exact sum of live tensor storages (see the module docs for what that can and cannot
+    tell about a GPU); ``record_timeline`` keeps the live total after every operator. ``spec.optimizer``:
+    "adamw" is the trainer's own (``optim.make_optimizer``, fused on CPU and CUDA), "adamw-fused" /
+    "adamw-foreach" / "adamw-forloop" force one of PyTorch's AdamW kernels, "sgd" is SGD with momentum 0.9,
+    "none" skips the step.
+    """
+    if spec.device == "cuda":
+        return _measure_cuda(model_config, spec, seed)
+    return _measure_cpu(model_config, spec, seed, record_timeline)
+
+
+def _build(cfg: ModelConfig, spec: StepSpec, seed: int) -> tuple[ModelConfig, MiniMind, torch.optim.Optimizer | None]:
     torch.manual_seed(seed)
-    if attention and attention != cfg.attention:
-        cfg = replace(cfg, attention=attention)
-    model = MiniMind(cfg).to(device)
+    if spec.attention and spec.attention != cfg.attention:
+        cfg = replace(cfg, attention=spec.attention)
+    model = MiniMind(cfg).to(spec.device)
     model.train()
-    model.gradient_checkpointing = checkpointing
-    return cfg, model, optimizer_by_name(model, optimizer)
+    model.gradient_checkpointing = spec.checkpointing
+    return cfg, model, optimizer_by_name(model, spec.optimizer)
 
 
-def _train_step(model, opt, scaler, ids, targets, precision, device, grad_accum_steps, on_phase):
+def _train_step(model: MiniMind, opt: torch.optim.Optimizer | None, scaler: torch.amp.GradScaler | None,
+                ids: torch.Tensor, targets: torch.Tensor, spec: StepSpec,
+                on_phase: Callable[[str], None]) -> None:
     """The course's training step (``train.Trainer.train_step``): forward under autocast, backward, optimizer
     step, zero grads. Gradient clipping is left out: its temporaries are one scalar per tensor."""
-    dtype = autocast_dtype(precision)
-    for _ in range(grad_accum_steps):
+    dtype = autocast_dtype(spec.precision)
+    for _ in range(spec.grad_accum_steps):
         on_phase("forward")
-        with torch.autocast(device, dtype=dtype, enabled=dtype is not None):
+        with torch.autocast(spec.device, dtype=dtype, enabled=dtype is not None):
             loss = model(ids, targets).loss  # the logits are not kept: only the loss leaves forward
-        if grad_accum_steps > 1:
-            loss = loss / grad_accum_steps
+        if spec.grad_accum_steps > 1:
+            loss = loss / spec.grad_accum_steps
         on_phase("backward")
         (scaler.scale(loss) if scaler else loss).backward()
         del loss
@@ -159,76 +236,44 @@ def _train_step(model, opt, scaler, ids, targets, precision, device, grad_accum_
     model.zero_grad(set_to_none=True)
 
 
-def measure(
-    model_config: ModelConfig,
-    batch_size: int,
-    seq_len: int,
-    *,
-    precision: str = "bf16",
-    optimizer: str = "adamw",
-    attention: str | None = None,
-    checkpointing: bool = False,
-    grad_accum_steps: int = 1,
-    device: str | None = None,
-    seed: int = 0,
-    record_timeline: bool = False,
-) -> Measurement:
-    """Run real training steps of MiniMind and measure the peak memory of the second one.
-
-    The first step creates the optimizer state; the second is measured, phase by phase (forward, backward,
-    optimizer). ``device`` defaults to CUDA when available. On CUDA the numbers are the caching allocator's
-    ``max_memory_allocated`` / ``max_memory_reserved`` and the driver's used memory; an out-of-memory error
-    returns ``fits=False``. On CPU the peak is the exact sum of live tensor storages (see the module docs
-    for what that can and cannot tell about a GPU). ``optimizer``: "adamw" is the trainer's own
-    (``train.make_optimizer``, fused on CPU and CUDA), "adamw-fused" / "adamw-foreach" / "adamw-forloop" force
-    one of PyTorch's AdamW kernels, "sgd" is SGD with momentum 0.9, "none" skips the step.
-    """
-    check_precision(precision)
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {optimizer!r}")
-    if batch_size < 1 or seq_len < 1 or grad_accum_steps < 1:
-        raise ValueError(f"batch_size, seq_len and grad_accum_steps must be >= 1; got {batch_size}, {seq_len}, {grad_accum_steps}")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda":
-        return _measure_cuda(model_config, batch_size, seq_len, precision, optimizer, attention,
-                             checkpointing, grad_accum_steps, seed)
+def _measure_cpu(model_config: ModelConfig, spec: StepSpec, seed: int, record_timeline: bool) -> Measurement:
     start = time.perf_counter()
-    cfg, model, opt = _build(model_config, attention, checkpointing, optimizer, "cpu", seed)
-    scaler = torch.amp.GradScaler("cpu") if precision == "fp16" else None
+    cfg, model, opt = _build(model_config, spec, seed)
+    scaler = torch.amp.GradScaler("cpu") if spec.precision == "fp16" else None
     gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, cfg.vocab_size, (batch_size, seq_len), generator=gen)
-    targets = torch.randint(0, cfg.vocab_size, (batch_size, seq_len), generator=gen)
-    _train_step(model, opt, scaler, ids, targets, precision, "cpu", grad_accum_steps, lambda _: None)
+    ids = torch.randint(0, cfg.vocab_size, (spec.batch_size, spec.seq_len), generator=gen)
+    targets = torch.randint(0, cfg.vocab_size, (spec.batch_size, spec.seq_len), generator=gen)
+    _train_step(model, opt, scaler, ids, targets, spec, lambda _: None)
 
     tracker = StorageTracker(record_timeline)
+    # what exists before the measured step starts: the batch, weights, RoPE tables, optimizer and scaler state
     tracker.watch(ids, targets, *model.parameters(), *model.buffers())
     for state in (opt.state.values() if opt is not None else ()):
         tracker.watch(*[v for v in state.values() if isinstance(v, torch.Tensor)])
-    if scaler is not None:
+    if scaler is not None:  # GradScaler keeps its two state tensors private
         tracker.watch(scaler._scale, scaler._growth_tracker)
     with tracker:
         tracker.reset_peaks()
-        _train_step(model, opt, scaler, ids, targets, precision, "cpu", grad_accum_steps, tracker.set_phase)
+        _train_step(model, opt, scaler, ids, targets, spec, tracker.set_phase)
     return Measurement(device="cpu", fits=True, peak_bytes=tracker.peak,
                        phase_peaks={k: v for k, v in tracker.phase_peaks.items() if k in PHASES},
                        seconds=time.perf_counter() - start, timeline=tracker.timeline)
 
 
-def _measure_cuda(cfg, batch_size, seq_len, precision, optimizer, attention, checkpointing,
-                  grad_accum_steps, seed) -> Measurement:
+def _measure_cuda(model_config: ModelConfig, spec: StepSpec, seed: int) -> Measurement:
     start = time.perf_counter()
     model = opt = ids = targets = None
     try:
-        cfg, model, opt = _build(cfg, attention, checkpointing, optimizer, "cuda", seed)
-        scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
-        ids = torch.randint(0, cfg.vocab_size, (batch_size, seq_len), device="cuda")
-        targets = torch.randint(0, cfg.vocab_size, (batch_size, seq_len), device="cuda")
-        _train_step(model, opt, scaler, ids, targets, precision, "cuda", grad_accum_steps, lambda _: None)
+        cfg, model, opt = _build(model_config, spec, seed)
+        scaler = torch.amp.GradScaler("cuda") if spec.precision == "fp16" else None
+        ids = torch.randint(0, cfg.vocab_size, (spec.batch_size, spec.seq_len), device="cuda")
+        targets = torch.randint(0, cfg.vocab_size, (spec.batch_size, spec.seq_len), device="cuda")
+        _train_step(model, opt, scaler, ids, targets, spec, lambda _: None)
         torch.cuda.synchronize()
         phase_peaks: dict[str, int] = {}
-        current = {"phase": None, "reserved": 0}
+        current: dict = {"phase": None, "reserved": 0}
 
-        def on_phase(name):  # close the previous phase's peaks, open the next
+        def on_phase(name: str | None) -> None:  # close the previous phase's peaks, open the next
             torch.cuda.synchronize()
             if current["phase"] is not None:
                 prev = current["phase"]
@@ -239,7 +284,7 @@ def _measure_cuda(cfg, batch_size, seq_len, precision, optimizer, attention, che
             current["phase"] = name
 
         torch.cuda.reset_peak_memory_stats()
-        _train_step(model, opt, scaler, ids, targets, precision, "cuda", grad_accum_steps, on_phase)
+        _train_step(model, opt, scaler, ids, targets, spec, on_phase)
         on_phase(None)
         free, total = torch.cuda.mem_get_info()
         return Measurement(device="cuda", fits=True, peak_bytes=max(phase_peaks.values()), phase_peaks=phase_peaks,

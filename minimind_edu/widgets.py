@@ -82,7 +82,7 @@ def fit_text(state: ExplorerState) -> str:
     est = state.estimate()
     best = largest_batch(state.config(), state.seq_len, card, precision=state.precision,
                          checkpointing=state.checkpointing)
-    verdict = "fits" if est.total_with_overhead <= card.memory_bytes else "does NOT fit"
+    verdict = "fits" if est.fits(card) else "does NOT fit"
     return (f"batch {state.batch} x {state.seq_len}: {est.total_with_overhead / GiB:.1f} GiB -> {verdict} on "
             f"{card.name}; largest batch that fits: {best} (peak in {est.peak_phase})")
 
@@ -149,7 +149,8 @@ def update(fig: Figure, state: ExplorerState, measured: list[tuple[ExplorerState
         i = d["x"].index(d["current"])
         current.set_data([d["current"]], [d["total"][i]])
         # a measured point belongs on this curve when every other slider agrees with the current state
-        pts = [(getattr(o, axis), gib) for o, gib in measured or [] if replace(o, **{axis: getattr(state, axis)}) == state]
+        pts = [(getattr(o, axis), gib) for o, gib in measured or []
+               if replace(o, **{axis: getattr(state, axis)}) == state]
         measured_pts.set_data([p[0] for p in pts], [p[1] for p in pts])
         cap_line.set_ydata([cap, cap])
         cap_line.set_label(card.name)
@@ -233,10 +234,13 @@ class MemoryExplorer:
         s = self.state
         opts = {"continuous_update": False}
         self.sliders = {
-            "batch": w.SelectionSlider(options=_axis_values(BATCHES, s.batch), value=s.batch, description="batch", **opts),
-            "seq_len": w.SelectionSlider(options=_axis_values(SEQ_LENS, s.seq_len), value=s.seq_len, description="seq len", **opts),
+            "batch": w.SelectionSlider(options=_axis_values(BATCHES, s.batch), value=s.batch, description="batch",
+                                       **opts),
+            "seq_len": w.SelectionSlider(options=_axis_values(SEQ_LENS, s.seq_len), value=s.seq_len,
+                                         description="seq len", **opts),
             "layers": w.IntSlider(value=s.layers, min=1, max=32, description="layers", **opts),
-            "hidden": w.SelectionSlider(options=_axis_values(HIDDEN_SIZES, s.hidden), value=s.hidden, description="hidden", **opts),
+            "hidden": w.SelectionSlider(options=_axis_values(HIDDEN_SIZES, s.hidden), value=s.hidden,
+                                        description="hidden", **opts),
             "precision": w.Dropdown(options=["bf16", "fp16", "fp32"], value=s.precision, description="precision"),
             # a dropdown, not toggle buttons: ToggleButtons puts its description on a line of its own
             "attention": w.Dropdown(options=["sdpa", "naive"], value=s.attention, description="attention"),
@@ -257,7 +261,8 @@ class MemoryExplorer:
         for slider in self.sliders.values():
             slider.observe(self._on_change, names="value")
         self.measure_button.on_click(self._on_measure)
-        self.widget = w.VBox([w.HBox([w.VBox(list(self.sliders.values())[:4]), w.VBox(list(self.sliders.values())[4:])]),
+        sliders = list(self.sliders.values())
+        self.widget = w.VBox([w.HBox([w.VBox(sliders[:4]), w.VBox(sliders[4:])]),
                               w.HBox([self.measure_button, self.status]), self.fit_label, self.legend,
                               self.image])
         self.redraw()

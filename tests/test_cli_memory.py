@@ -1,12 +1,12 @@
 """`minimind-edu memory`: the table, the JSON (every term in bytes, equal to estimate()), --measure, errors."""
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
-import json
-
 from minimind_edu.cli import main
-from minimind_edu.memory import estimate
+from minimind_edu.memory import StepSpec, estimate
+from minimind_edu.memory_report import memory_report
 from minimind_edu.model import get_preset
 
 
@@ -34,7 +34,26 @@ def test_json_measure_and_hidden_override(capsys):
                  "--measure", "--json", "--gpu", "24"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert abs(out["measured"]["relative_error"]) <= 0.03
-    assert out["fit"]["fits"] is True and out["fit"]["capacity_bytes"] == 24 * 2**30
+    assert out["fit"]["fits"] is True and out["fit"]["capacity_bytes"] == 25_769_803_776  # 24 x 1024 MiB
+
+
+def test_the_command_prints_the_library_report(capsys):
+    # the command only parses its flags: what it prints is memory_report()'s text and JSON
+    cfg = replace(get_preset("tiny"), num_layers=3)
+    report = memory_report(cfg, StepSpec(4, 64, optimizer="sgd", checkpointing=True), gpu="rtx-4060",
+                           model_name="tiny")
+    args = ["memory", "--preset", "tiny", "--layers", "3", "--batch", "4", "--seq", "64", "--optimizer", "sgd",
+            "--checkpointing", "--gpu", "rtx-4060"]
+    assert main(args) == 0
+    assert capsys.readouterr().out == report.format() + "\n"
+    assert main(args + ["--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == report.to_dict()
+    # tiny's 508,224 parameters and one more block of 49,280
+    assert report.format().splitlines()[0] == \
+        "tiny (557,504 parameters), batch 4 x 64 tokens, bf16, sdpa attention, optimizer sgd, checkpointing"
+    assert report.estimate.device == "cuda" and report.measured is None
+    assert report.format().endswith("fits on RTX 4060 8GB (8 GB); largest batch that fits at seq 64: "
+                                    f"{report.largest_batch}")
 
 
 def test_bad_arguments_exit_2(capsys):
@@ -52,7 +71,8 @@ def test_gpu_grid_script_dry_run_on_cpu(tmp_path):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    subprocess.run([sys.executable, str(root / "benchmarks" / "memory_grid_gpu.py"), "--dry-run", "--out", str(tmp_path)],
+    script = root / "benchmarks" / "memory_grid_gpu.py"
+    subprocess.run([sys.executable, str(script), "--dry-run", "--out", str(tmp_path)],
                    check=True, cwd=root / "benchmarks", capture_output=True, timeout=120)
     lines = (tmp_path / "memory_grid_dry-run-cpu.csv").read_text().splitlines()
     assert lines[0].startswith("gpu,model,hidden") and len(lines) == 4

@@ -1,17 +1,28 @@
 """The memory estimator against real training steps measured on CPU, plus its worked examples and errors."""
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import pytest
 import torch
 
 from minimind_edu.memory import (
-    GPU_PRESETS, MiB, estimate, fits, get_gpu, largest_batch, layer_activations, measure,
+    GPU_PRESETS,
+    GPUCard,
+    MiB,
+    StepSizes,
+    StepSpec,
+    estimate,
+    fits,
+    get_gpu,
+    largest_batch,
+    layer_activations,
+    measure,
+    step_moments,
 )
 from minimind_edu.memory_measure import StorageTracker
-from minimind_edu import model as model_module
-from minimind_edu.model import ModelConfig, count_parameters, get_preset
+from minimind_edu.model import SDPA_HAS_GQA, ModelConfig, get_preset
 
 
 def small(hidden: int, layers: int, attention: str = "sdpa", **kw) -> ModelConfig:
@@ -58,32 +69,56 @@ def test_estimate_within_3_percent_of_measured(hidden, layers, batch, seq, atten
 
 
 def test_worked_example_fp32_one_layer():
-    # Hand-derived: hidden 64, 4 heads of 16, 2 KV heads, SwiGLU 192, batch 4 x 32 tokens, fp32, AdamW.
+    # Worked by hand: hidden 64, 4 heads of 16, 2 KV heads, SwiGLU 192, vocabulary 6400, 458,944 parameters;
+    # batch 4 x 32 = 128 tokens, fp32, AdamW. One fp32 tensor of 128 tokens x 64 is 32,768 bytes.
     cfg = small(64, 1)
-    n, h, inter, v = 128, 64, 192, 6400
-    parts = layer_activations(cfg, 4, 32, "fp32")
-    assert parts == {
-        "norms": 2 * (n * 4 + n * h * 4) + 2 * n * h * 4,
-        # q at all 4 heads; k, v at the 2 KV heads when sdpa reads them unrepeated (enable_gqa)
-        "qkv": n * 64 * 4 + 2 * n * (32 if model_module.SDPA_HAS_GQA else 64) * 4,
-        "attention": n * 64 * 4 + n * 4 * 4,
-        "swiglu": 4 * n * inter * 4,
-        "residual": 2 * n * h * 4,
+    assert layer_activations(cfg, 4, 32, "fp32") == {
+        # two norms, each rsqrt (128 x 4 = 512) and its normalised output (32,768), and in fp32 the linears
+        # after them save that output once more: 2 x 33,280 + 2 x 32,768
+        "norms": 132_096,
+        # q at 4 heads x 16 (32,768); k and v at 2 KV heads x 16 (16,384 each) when sdpa reads them unrepeated
+        # (enable_gqa), else repeated to 4 heads (32,768 each)
+        "qkv": 65_536 if SDPA_HAS_GQA else 98_304,
+        # sdpa's output (32,768) and one fp32 log-sum-exp per head and token: 4 x 128 x 4 = 2,048
+        "attention": 34_816,
+        # gate, silu(gate), up and their product: 4 x 128 tokens x 192 x 4 bytes
+        "swiglu": 393_216,
+        # the fp32 residual stream entering each of the two norms: 2 x 32,768
+        "residual": 65_536,
     }
     est = estimate(cfg, 4, 32, precision="fp32")
-    p = count_parameters(cfg)["total"]
-    assert est.terms["weights"] == p * 4 and est.terms["optimizer_state"] == 2 * p * 4 + 4 * 11
+    assert est.terms["weights"] == 1_835_776  # 458,944 x 4
+    assert est.terms["optimizer_state"] == 3_671_596  # m and v (2 x 1,835,776) and an fp32 step for 11 tensors
+    # The peak is backward's start: cross-entropy's saved log_softmax (128 x 6400 x 4 = 3,276,800 bytes, in
+    # the head block) with its gradient and the logits' gradient, every block's activations still saved.
     assert est.peak_phase == "backward"
-    # the peak is backward's first step: log_softmax saved + its gradient + the logits' gradient
-    assert est.transients == {"nll_loss_grad": n * v * 4, "logits_grad": n * v * 4}
-    assert est.peak_bytes == sum(est.terms.values())
+    assert est.transients == {"nll_loss_grad": 3_276_800, "logits_grad": 3_276_800}
+    # weights + RoPE tables (2 x 1024 x 16 x 4 = 131,072) + batch (2 x 128 x 8 = 2,048) + AdamW state
+    # + one block's activations (691,200, or 32,768 more without GQA) + the head block (3,375,624) + 6,553,600
+    assert est.peak_bytes == (16_260_916 if SDPA_HAS_GQA else 16_293_684)
+
+
+def test_a_step_is_walked_moment_by_moment():
+    # The moments that can hold a step's peak, in the order they are compared (the first wins a tie).
+    cfg = get_preset("tiny")
+    names = [(m.phase, m.name) for m in step_moments(StepSizes(cfg, StepSpec(2, 64)))]
+    assert names == [("forward", "forward's end, in cross-entropy"), ("backward", "backward's start, in cross-entropy"),
+                     ("backward", "last block's SwiGLU backward"), ("backward", "first block's SwiGLU backward"),
+                     ("backward", "backward's end, the embedding's gradient"), ("optimizer", "adamw step")]
+    # Naive attention adds its T x T softmax (in forward, then in the last and the first block's backward), and
+    # checkpointing the recomputed softmax; without an optimizer there is no step.
+    spec = StepSpec(2, 64, attention="naive", checkpointing=True, optimizer="none")
+    assert [m.name for m in step_moments(StepSizes(cfg, spec))][2:7] == [
+        "last block's softmax", "last block's softmax backward", "last block's recomputed softmax",
+        "first block's softmax backward", "first block's recomputed softmax"]
+    assert [m.phase for m in step_moments(StepSizes(cfg, spec))][-1] == "backward"
 
 
 def test_adamw_is_the_trainers_fused_kernel_and_each_kernels_step_is_exact(monkeypatch):
     # measure() steps the trainer's own optimizer, and the estimator's optimizer phase is byte-exact for
     # every AdamW kernel: fused keeps nothing beyond weights, state and gradients, the others make sqrt(v)
     # (foreach: of the whole decayed group, every matrix; the loop: of the largest tensor, the embedding).
-    from minimind_edu import memory, optim
+    from minimind_edu import optim
     from minimind_edu.model import MiniMind
 
     cfg = small(128, 2)
@@ -91,20 +126,23 @@ def test_adamw_is_the_trainers_fused_kernel_and_each_kernels_step_is_exact(monke
     ours, trainers = optim.optimizer_by_name(model, "adamw"), optim.make_optimizer(model, lr=1e-4, weight_decay=0.1)
     assert ours.defaults == trainers.defaults and ours.defaults["fused"] is True
     assert [g["weight_decay"] for g in ours.param_groups] == [g["weight_decay"] for g in trainers.param_groups]
-    p = count_parameters(cfg)["total"]
-    expected_transient = {"adamw": 0, "adamw-fused": 0, "adamw-foreach": (p - 5 * 128) * 4, "adamw-forloop": 2 * 6400 * 128 * 4}
+    # 1,049,216 parameters: the fp32 gradients are 4,196,864 bytes. foreach takes sqrt(v) of the decayed group,
+    # every weight but the 5 norm gains of 128: (1,049,216 - 640) x 4; the loop of the largest tensor, the
+    # 6400 x 128 embedding, twice (sqrt(v) and sqrt(v) / bias_correction): 2 x 819,200 x 4.
+    expected_transient = {"adamw": 0, "adamw-fused": 0, "adamw-foreach": 4_194_304, "adamw-forloop": 6_553_600}
     for name, transient in expected_transient.items():
         est = estimate(cfg, 1, 32, optimizer=name)
-        resting = sum(est.terms[k] for k in ("weights", "buffers", "batch", "optimizer_state")) + p * 4
+        resting = sum(est.terms[k] for k in ("weights", "buffers", "batch", "optimizer_state")) + 4_196_864
         assert est.phase_peaks["optimizer"] == resting + transient, name
         assert measure(cfg, 1, 32, optimizer=name, device="cpu").phase_peaks["optimizer"] == resting + transient, name
-    # CUDA: the trainer runs fused there too, so "adamw" models fused (unmeasured: no GPU in this course)
+    # CUDA: the trainer runs fused there too, so "adamw" models fused (estimated only: measure() here runs on CPU)
     assert estimate(cfg, 1, 32, device="cuda").phase_peaks["optimizer"] == \
         estimate(cfg, 1, 32, optimizer="adamw-fused", device="cuda").phase_peaks["optimizer"]
-    # a torch without a fused CPU kernel: the trainer and so the estimate fall back to the per-tensor loop
+    # a torch without a fused kernel: the trainer and so the estimate fall back to PyTorch's defaults,
+    # the per-tensor loop on CPU and foreach on CUDA
     monkeypatch.setattr(optim, "fused_adamw_supported", lambda device_type: False)
     assert estimate(cfg, 1, 32).phase_peaks == estimate(cfg, 1, 32, optimizer="adamw-forloop").phase_peaks
-    assert memory.estimate(cfg, 1, 32, device="cuda").transients == \
+    assert estimate(cfg, 1, 32, device="cuda").transients == \
         estimate(cfg, 1, 32, optimizer="adamw-foreach", device="cuda").transients
 
 
@@ -136,13 +174,15 @@ def test_checkpointing_and_bf16_change_what_they_should():
     cfg = get_preset("minimind2-small")
     plain = estimate(cfg, 16, 512)
     ckpt = estimate(cfg, 16, 512, checkpointing=True)
-    assert ckpt.terms["activations"] == 8 * 16 * 512 * 512 * 4  # one fp32 block input per layer
+    assert ckpt.terms["activations"] == 134_217_728  # one fp32 block input per layer: 8 x 16 x 512 x 512 x 4
     assert ckpt.peak_bytes < plain.peak_bytes
     assert estimate(cfg, 16, 512, optimizer="none").terms["optimizer_state"] == 0
-    assert estimate(cfg, 16, 512, optimizer="sgd").terms["optimizer_state"] == plain.num_parameters * 4
+    assert estimate(cfg, 16, 512, optimizer="sgd").terms["optimizer_state"] == 103_319_552  # momentum: 25,829,888 x 4
     cuda = estimate(cfg, 16, 512, device="cuda", gpu="rtx-4090")
     assert cuda.overhead["cuda_context"] == 500 * MiB
-    assert cuda.total_with_overhead == cuda.peak_bytes + sum(cuda.overhead.values())
+    assert cuda.overhead["cublas_workspace"] == 9 * MiB  # cuBLAS 8 and cuBLASLt 1; Hopper's are 32 and 32
+    assert estimate(cfg, 16, 512, device="cuda", gpu="h100-80gb").overhead["cublas_workspace"] == 64 * MiB
+    assert plain.overhead == {}  # a CPU step has no CUDA context
 
 
 def test_largest_batch_is_the_boundary_of_fits():
@@ -158,23 +198,50 @@ def test_largest_batch_is_the_boundary_of_fits():
             "a100-40gb", "a100-80gb", "h100-80gb"} <= set(GPU_PRESETS)
 
 
+def test_an_estimate_fits_a_card_when_its_total_with_overhead_does():
+    # tiny (508,224 parameters), batch 1 x 32, fp32 on CUDA. The peak is backward's end: weights, gradients
+    # (2,032,896 bytes each), AdamW's m, v and 20 step counters (4,065,872), RoPE tables (65,536), the batch
+    # (512) and the embedding's gradient with its sum into the tied LM head's (2 x 6400 x 64 x 4 = 3,276,800):
+    # 11,474,512 bytes. The overhead adds the 500 MiB context, 9 MiB of cuBLAS workspace and 10% of the
+    # gradients and transients (530,969): 545,730,665 bytes, 520.45 MiB.
+    est = estimate(get_preset("tiny"), 1, 32, precision="fp32", device="cuda")
+    assert (est.peak_bytes, est.total_with_overhead) == (11_474_512, 545_730_665)
+    assert est.fits(GPUCard("a 521 MiB card", 521))
+    assert not est.fits(GPUCard("a 520 MiB card", 520))
+    assert est.fits("rtx-4060") and not est.fits(0.5)  # a preset's name, or a size in GB
+
+
 @pytest.mark.parametrize("kwargs,message", [
-    ({"batch_size": 0}, "batch_size"),
-    ({"seq_len": 5000}, "max_position_embeddings"),
-    ({"precision": "int8"}, "precision"),
-    ({"optimizer": "adam"}, "optimizer"),
-    ({"attention": "flash"}, "attention"),
-    ({"grad_accum_steps": 0}, "grad_accum_steps"),
+    ({"batch_size": 0}, "batch_size must be at least 1, got 0"),
+    ({"seq_len": 0}, "seq_len must be at least 1, got 0"),
+    ({"precision": "int8"}, "precision must be one of bf16, fp16, fp32; got 'int8'"),
+    ({"optimizer": "adam"}, "optimizer must be one of adamw, adamw-fused, adamw-foreach, adamw-forloop, sgd, none"),
+    ({"attention": "flash"}, "attention must be one of sdpa, naive; got 'flash'"),
+    ({"grad_accum_steps": 0}, "grad_accum_steps must be at least 1, got 0"),
+    ({"device": "mps"}, "device must be one of cpu, cuda; got 'mps'"),
 ])
-def test_bad_arguments_name_themselves(kwargs, message):
-    args = {"batch_size": 2, "seq_len": 64, **kwargs}
-    with pytest.raises(ValueError, match=message):
-        estimate(small(64, 1), args.pop("batch_size"), args.pop("seq_len"), **args)
+def test_a_step_spec_names_its_bad_field_and_the_allowed_values(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        StepSpec(**{"batch_size": 2, "seq_len": 64, **kwargs})
+    # estimate() and measure() build the same spec, so they refuse alike, before any work
+    options = {"device": "cpu", **kwargs}
+    batch_size, seq_len = options.pop("batch_size", 2), options.pop("seq_len", 64)
+    for step in (estimate, measure):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            step(small(64, 1), batch_size, seq_len, **options)
 
 
-def test_unmodelled_configs_and_unknown_gpu_are_refused():
+def test_a_step_spec_keeps_the_models_attention_unless_told():
+    assert StepSpec(1, 32).attention is None
+    assert estimate(small(64, 1, attention="naive"), 1, 32).attention == "naive"
+    assert estimate(small(64, 1, attention="naive"), 1, 32, attention="sdpa").attention == "sdpa"
+
+
+def test_unmodelled_configs_long_sequences_and_unknown_gpus_are_refused():
+    with pytest.raises(ValueError, match="max_position_embeddings=1024, got 5000"):
+        estimate(small(64, 1), 2, 5000)
     with pytest.raises(ValueError, match="MoE|measure"):
         estimate(get_preset("minimind2-moe"), 1, 64)
     with pytest.raises(ValueError, match="rtx-4090"):
         get_gpu("rtx-9999")
-    assert get_gpu(24).memory_bytes == 24 * 1024 * MiB
+    assert get_gpu(24).memory_bytes == 25_769_803_776  # 24 x 1024 MiB
