@@ -15,7 +15,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from minimind_edu.memory import estimate, measure
+from minimind_edu.memory import estimate
+from minimind_edu.memory_measure import measure
 from minimind_edu.model import get_preset
 
 RESULTS = Path(__file__).resolve().parent / "results"

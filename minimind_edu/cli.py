@@ -116,7 +116,8 @@ def add_memory_command(sub: argparse._SubParsersAction) -> None:
     def run(args: argparse.Namespace) -> int:
         import json
 
-        from .memory import StepSpec, get_gpu
+        from .memory import get_gpu
+        from .memory_measure import StepSpec
         from .memory_report import memory_report
         from .model import get_preset
 

@@ -14,17 +14,8 @@ from __future__ import annotations
 import textwrap
 from dataclasses import asdict, dataclass, field, replace
 
-from .memory_measure import Measurement, StepSpec, measure, measure_step  # noqa: F401 (part of this module's API)
-from .memory_moments import (  # noqa: F401 (layer_*, Moment: part of this module's API)
-    Moment,
-    StepSizes,
-    head_block,
-    layer_activations,
-    layer_matrix_params,
-    saved_per_layer,
-    static_terms,
-    step_moments,
-)
+from .memory_measure import StepSpec
+from .memory_moments import StepSizes, head_block, saved_per_layer, static_terms, step_moments
 from .model import ModelConfig
 
 GiB = 2**30

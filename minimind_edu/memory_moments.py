@@ -5,7 +5,7 @@ backward while gradients appear, cross-entropy's vocabulary-wide tensors come an
 temporaries at the very end. So the step is described as the *moments* that can hold its peak (forward's end,
 backward's start, inside a block's backward, backward's end, the optimizer step), each a :class:`Moment` that
 lists the bytes alive then. Every size comes from reading ``model.py`` with
-``torch.autograd.graph.saved_tensors_hooks`` and is checked against ``memory.measure``, which counts the live
+``torch.autograd.graph.saved_tensors_hooks`` and is checked against ``memory_measure.measure``, which counts the live
 tensor storages of a real step (``tests/test_memory.py`` holds the estimate within 3% on a grid of sizes).
 Why the textbook ``34·s·b·h`` per layer is not enough here:
 

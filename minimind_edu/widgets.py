@@ -11,7 +11,8 @@ import io
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from .memory import GPU_PRESETS, GiB, MemoryEstimate, estimate, get_gpu, largest_batch, measure
+from .memory import GPU_PRESETS, GiB, MemoryEstimate, estimate, get_gpu, largest_batch
+from .memory_measure import measure
 from .model import ModelConfig, get_preset
 
 if TYPE_CHECKING:  # for annotations only: matplotlib is imported inside the functions that draw

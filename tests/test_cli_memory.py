@@ -5,7 +5,8 @@ import json
 from dataclasses import replace
 
 from minimind_edu.cli import main
-from minimind_edu.memory import StepSpec, estimate
+from minimind_edu.memory import estimate
+from minimind_edu.memory_measure import StepSpec
 from minimind_edu.memory_report import memory_report
 from minimind_edu.model import get_preset
 

@@ -7,21 +7,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from minimind_edu.memory import (
-    GPU_PRESETS,
-    GPUCard,
-    MiB,
-    StepSizes,
-    StepSpec,
-    estimate,
-    fits,
-    get_gpu,
-    largest_batch,
-    layer_activations,
-    measure,
-    step_moments,
-)
-from minimind_edu.memory_measure import StorageTracker
+from minimind_edu.memory import GPU_PRESETS, GPUCard, MiB, estimate, fits, get_gpu, largest_batch
+from minimind_edu.memory_measure import StepSpec, StorageTracker, measure
+from minimind_edu.memory_moments import StepSizes, layer_activations, step_moments
 from minimind_edu.model import SDPA_HAS_GQA, ModelConfig, get_preset
 
 
