@@ -33,7 +33,8 @@ from minimind_edu import flops
 from minimind_edu.data import TokenData
 from minimind_edu.device import autocast
 from minimind_edu.model import MiniMind, get_preset
-from minimind_edu.train import TrainConfig, Trainer
+from minimind_edu.train import Trainer
+from minimind_edu.train_config import TrainConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -3,8 +3,11 @@
 Layout of ``out_dir/checkpoints/step_00000123/``: ``model.safetensors`` (weights: plain tensor data, no
 code), ``state.pt`` (optimizer, GradScaler, step, data position, RNG states: tensors and plain containers,
 read back with ``torch.load(weights_only=True)``), ``config.json`` (model + training configs) and the
-tokenizer files. A checkpoint is written into ``.tmp-step_...`` and renamed when complete, so a crash
-mid-write never damages the previous one; only the newest ``keep_last`` are kept.
+tokenizer files, and last ``manifest.json``: each file's size and hash. A checkpoint is written into
+``.tmp-step_...`` and renamed when complete, so a crash mid-write never damages the previous one; only the
+newest ``keep_last`` are kept. A checkpoint damaged later (a disk that filled up, a file cut short by a copy)
+fails its manifest, and whatever loads a run falls back to the newest checkpoint that verifies, saying which
+one it skipped and why.
 
 Everything that reads a trained model back goes through here, whichever folder a learner points at: a run's
 output folder (its newest checkpoint), one checkpoint, or a Hugging Face folder written by ``export``.
@@ -12,9 +15,11 @@ Weights are read from safetensors only, so loading a model never runs code from 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -22,9 +27,13 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
 from .device import precision_dtype
+from .errors import RunError
 from .hf import export_hf, load_hf
 from .model import MiniMind, ModelConfig
+from .run_folder import is_run_folder
 from .tokenizer import load_tokenizer
+
+MANIFEST = "manifest.json"
 
 
 def clean_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -54,10 +63,54 @@ def list_checkpoints(out_dir: str | os.PathLike) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("_")[1]))
 
 
+def _hash_file(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_manifest(folder: Path) -> None:
+    files = {p.name: {"bytes": p.stat().st_size, "blake2b": _hash_file(p)} for p in sorted(folder.iterdir())}
+    (folder / MANIFEST).write_text(json.dumps({"files": files}, indent=1))
+
+
+def verify_checkpoint(folder: str | os.PathLike) -> str | None:
+    """Why the checkpoint in ``folder`` cannot be trusted (a file missing, cut short or changed since it was
+    written), or None when every file matches its manifest. A checkpoint without a manifest is not checked."""
+    folder = Path(folder)
+    if not (folder / MANIFEST).exists():
+        return None
+    try:
+        files = json.loads((folder / MANIFEST).read_text())["files"]
+    except (OSError, ValueError, KeyError):
+        return f"its {MANIFEST} is unreadable"
+    for name, expected in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != expected["bytes"]:
+            return f"{name} has {path.stat().st_size:,} bytes, {expected['bytes']:,} were written (cut short?)"
+        if _hash_file(path) != expected["blake2b"]:
+            return f"{name} has changed since it was written (corrupted)"
+    return None
+
+
 def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint of a run, or None when it has none."""
+    """The newest checkpoint of a run that verifies (see :func:`verify_checkpoint`), or None when the run has
+    none at all. Damaged ones are skipped with a note on stderr; when every one is damaged, :class:`RunError`."""
     ckpts = list_checkpoints(out_dir)
-    return ckpts[-1] if ckpts else None
+    skipped = []
+    for ckpt in reversed(ckpts):
+        reason = verify_checkpoint(ckpt)
+        if reason is None:
+            return ckpt
+        print(f"note: skipping checkpoint {ckpt}: {reason}", file=sys.stderr)
+        skipped.append(f"{ckpt.name} ({reason})")
+    if skipped:
+        raise RunError(f"{out_dir}: no usable checkpoint: {'; '.join(skipped)}")
+    return None
 
 
 def _fsync_dir_files(folder: Path) -> None:
@@ -91,6 +144,7 @@ def save_checkpoint_dir(out_dir: Path, step: int, model: MiniMind, state: dict, 
             if (tokenizer_dir / name).exists():
                 shutil.copyfile(tokenizer_dir / name, tmp / name)
     _write_state(state, tmp / "state.pt")
+    _write_manifest(tmp)  # last: a folder with a manifest that matches is complete
     _fsync_dir_files(tmp)
     final = folder / _step_dir_name(step)
     if final.exists():
@@ -107,6 +161,9 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such folder; give a run's --out folder or one of its checkpoints")
     if (path / "model.safetensors").exists():
+        reason = verify_checkpoint(path)
+        if reason is not None:
+            raise RunError(f"{path}: {reason}; use an earlier checkpoint of the run in {path.parent}")
         return path
     latest = latest_checkpoint(path)
     if latest is None:
@@ -129,6 +186,10 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> M
     if set(missing) - allowed_missing or unexpected:
         raise ValueError(f"{ckpt}: weights do not match the config: missing {sorted(set(missing) - allowed_missing)}, "
                          f"unexpected {sorted(unexpected)}")
+    broken = [name for name, w in weights.items() if w.is_floating_point() and not torch.isfinite(w).all()]
+    if broken:
+        raise RunError(f"{ckpt}: {len(broken)} weight tensors hold NaN or infinity ({', '.join(broken[:2])}, ...): "
+                       "the run had diverged; use an earlier checkpoint")
     return model.to(device).eval()
 
 
@@ -143,6 +204,14 @@ def load_trained(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     newest checkpoint), a checkpoint folder, or a folder written by ``export``."""
     folder = resolve_checkpoint(path)
     model = load_hf(folder).to(device).eval() if is_hf_folder(folder) else load_model(folder, device)
+    if not (folder / "tokenizer.json").exists():
+        trained_with = ""
+        if (folder / "config.json").exists():
+            trained_with = json.loads((folder / "config.json").read_text()).get("tokenizer") or ""
+        raise FileNotFoundError(
+            f"{folder} has no tokenizer.json; copy in the tokenizer the model was trained with"
+            + (f" (its config names {trained_with})" if trained_with else "")
+            + ": a newly trained tokenizer would give the model different ids")
     return model, load_tokenizer(folder)
 
 
@@ -151,6 +220,9 @@ def export_checkpoint(path: str | os.PathLike, out_dir: str | os.PathLike, dtype
     folder = resolve_checkpoint(path)
     if Path(out_dir).resolve() == folder.resolve():
         raise ValueError(f"{out_dir}: that is the checkpoint being exported; give another output folder")
+    if is_run_folder(out_dir) or Path(out_dir).resolve().parent.name == "checkpoints":
+        raise ValueError(f"{out_dir}: that is a training run's folder; export into a new folder (an export "
+                         "there would be what `generate` loads from the run)")
     model = load_model(folder).to(precision_dtype(dtype))
     tokenizer_dir = folder if (folder / "tokenizer.json").exists() else None
     return export_hf(model, out_dir, tokenizer_dir=tokenizer_dir)

@@ -7,11 +7,12 @@ names the argument, which is printed here as the flag that set it.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from dataclasses import replace
 
 from .corpus import CorpusError
-from .errors import InvalidArgument, at_least
+from .errors import InvalidArgument, RunError, at_least
 from .tokenizer import TokenizerError
 
 
@@ -177,7 +178,13 @@ def add_pretrain_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:N, mps")
     p.add_argument("--out", default=None, help="output folder (default: runs/<preset>)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out; refused "
+                   "when a setting differs from the checkpoint's (each is named)")
+    p.add_argument("--force", action="store_true", help="with --resume: continue even with changed settings")
+    p.add_argument("--overwrite", action="store_true", help="start a new run in an --out that holds an earlier "
+                   "one; the earlier run is moved to <out>.previous-<time>, not deleted")
+    p.add_argument("--format", choices=["auto", "text", "jsonl"], default="auto",
+                   help="how to read --data files (default: by their content, whatever their suffix)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--eval-every", type=int, default=None,
                    help="validate every N steps (default: ~20 times per run; 0: only at the end)")
@@ -202,8 +209,9 @@ def _run_pretrain(args: argparse.Namespace) -> int:
         preset=args.preset, data=args.data, valid_data=args.valid_data, tokenizer=args.tokenizer, steps=args.steps,
         epochs=args.epochs, minutes=args.minutes, batch=args.batch, seq=args.seq, accum=args.accum, lr=args.lr,
         warmup=args.warmup, precision=args.precision, device=args.device, out=args.out, seed=args.seed,
-        resume=args.resume, compile=args.compile, eval_every=args.eval_every, log_every=args.log_every,
-        save_every=args.save_every, samples=args.samples, progress=not args.no_progress,
+        resume=args.resume, force=args.force, overwrite=args.overwrite, format=args.format, compile=args.compile,
+        eval_every=args.eval_every, log_every=args.log_every, save_every=args.save_every, samples=args.samples,
+        progress=not args.no_progress,
     )
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -285,9 +293,25 @@ def main(argv: list[str] | None = None) -> int:
     except InvalidArgument as err:  # the library names the argument; here it is the flag that set it
         print(f"minimind-edu {args.command}: error: --{err.argument.replace('_', '-')} {err.detail}", file=sys.stderr)
         return 2
-    except (CorpusError, TokenizerError, ValueError, FileNotFoundError) as err:
+    except (CorpusError, TokenizerError, ValueError, FileNotFoundError, RunError) as err:
         print(f"minimind-edu {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # the file system said no: permission, a full disk, a file where a folder should be
+        print(f"minimind-edu {args.command}: error: {os_error_advice(err)}", file=sys.stderr)
+        return 2
+
+
+def os_error_advice(err: OSError) -> str:
+    """One line for a failed file operation: what, where, and what to do about it."""
+    where = f"{err.filename}: " if err.filename else ""
+    advice = {errno.EACCES: "choose a folder you can write to, or fix its permissions",
+              errno.EPERM: "choose a folder you can write to, or fix its permissions",
+              errno.EROFS: "the file system is read-only; choose another folder",
+              errno.ENOSPC: "the disk is full; free some space or choose a folder on another disk",
+              errno.EDQUOT: "the disk quota is used up; free some space or choose another folder",
+              errno.ENOTDIR: "a file stands where a folder is needed; choose another path",
+              errno.EISDIR: "a folder stands where a file is needed; choose another path"}.get(err.errno, "")
+    return f"{where}{err.strerror or err}" + (f"; {advice}" if advice else "")
 
 
 if __name__ == "__main__":

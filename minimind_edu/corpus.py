@@ -6,6 +6,10 @@ Two on-disk formats are understood:
   (the Tang poems, tiny Shakespeare);
 * MiniMind's pretraining JSONL: one JSON object per line with the document in ``"text"``.
 
+Which one a file is comes from its content, not its name (a JSONL saved as ``x.JSONL`` or ``x.json`` is still
+JSONL): a file whose first non-blank line starts with ``{`` is read as JSONL. ``format="text"`` or
+``"jsonl"`` says it explicitly.
+
 Every error names the file (and the line or byte offset) so a learner can fix their own data.
 """
 from __future__ import annotations
@@ -80,6 +84,29 @@ def split_documents(text: str, separator: str | None = None) -> list[str]:
     return [p.strip() for p in pieces if p.strip()]
 
 
+FORMATS = ("auto", "text", "jsonl")
+
+
+def check_format(format: str) -> str:
+    """``format`` itself when it is one of :data:`FORMATS`, else a ``ValueError`` listing them."""
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
+    return format
+
+
+def detect_format(path: str | os.PathLike, format: str = "auto") -> str:
+    """"jsonl" or "text" for ``path``: ``format`` when it is explicit, else decided by the first non-blank line."""
+    if check_format(format) != "auto":
+        return format
+    path = Path(path)
+    _check_file(path)
+    with open(path, "rb") as f:
+        for raw in f:
+            if raw.strip():
+                return "jsonl" if raw.lstrip().startswith(b"{") else "text"
+    return "text"  # empty: either reader reports it as empty
+
+
 def iter_jsonl_documents(path: str | os.PathLike) -> Iterator[str]:
     """Stream the ``"text"`` of each line of a MiniMind-format JSONL file (works on files larger than memory)."""
     path = Path(path)
@@ -111,10 +138,10 @@ def iter_jsonl_documents(path: str | os.PathLike) -> Iterator[str]:
                 yield obj["text"]
 
 
-def read_documents(path: str | os.PathLike, separator: str | None = None) -> list[str]:
-    """Read one corpus file as a list of documents (format chosen by the ``.jsonl`` suffix)."""
+def read_documents(path: str | os.PathLike, separator: str | None = None, format: str = "auto") -> list[str]:
+    """Read one corpus file as a list of documents (``format``: see :func:`detect_format`)."""
     path = Path(path)
-    if path.suffix == ".jsonl":
+    if detect_format(path, format) == "jsonl":
         docs = list(iter_jsonl_documents(path))
     else:
         docs = split_documents(_read_utf8(path), separator)

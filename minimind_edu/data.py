@@ -19,6 +19,7 @@ exactly what one process with batch 2B sees.
 from __future__ import annotations
 
 import array
+import functools
 import hashlib
 import json
 import os
@@ -32,13 +33,21 @@ import torch
 from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
-from .corpus import CorpusError, cache_dir, default_corpus_files, iter_jsonl_documents, read_documents
+from .corpus import (
+    CorpusError,
+    cache_dir,
+    check_format,
+    default_corpus_files,
+    detect_format,
+    iter_jsonl_documents,
+    read_documents,
+)
 from .tokenizer import BOS_ID, EOS_ID, PAD_ID, default_tokenizer_dir, get_default_tokenizer, load_tokenizer
 
 # Targets equal to this add nothing to the loss: it is F.cross_entropy's default ignore_index, which the model
 # relies on, so padding is ignored without the model knowing about batches.
 IGNORE_INDEX = -100
-FORMAT_VERSION = 1  # bump when the token file layout changes, so old caches are not reused
+FORMAT_VERSION = 2  # bump when the token file layout or the cache key changes, so old caches are not reused
 _ENCODE_CHUNK = 512  # documents per encode_batch call: big enough for the Rust threads, small in memory
 
 
@@ -50,6 +59,7 @@ class TokenData:
     doc_offsets: np.ndarray  # int64, n_docs + 1 entries: document i is tokens[offsets[i]:offsets[i+1]]
     source: str = "<memory>"  # what to name in error messages
     max_token_id: int | None = None
+    files: tuple[str, ...] = ()  # the corpus files it was read from (empty: made in memory)
 
     @property
     def n_tokens(self) -> int:
@@ -69,7 +79,7 @@ class TokenData:
     def slice_docs(self, start: int, stop: int) -> TokenData:
         # max_token_id of the whole is an upper bound for the part: cheap, and only errs towards checking
         return TokenData(self.tokens, self.doc_offsets[start : stop + 1], f"{self.source}[docs {start}:{stop}]",
-                         self.max_token_id)
+                         self.max_token_id, self.files)
 
     def check_vocab(self, vocab_size: int, what: str = "the model") -> None:
         """Raise ``CorpusError`` if a token id does not fit an embedding table of ``vocab_size`` rows."""
@@ -106,20 +116,21 @@ def tokenize_documents(docs: Iterable[str], tokenizer: Tokenizer | None = None, 
     return TokenData(tokens, offsets, source, int(tokens.max()))
 
 
-def _iter_file_documents(path: Path, bar: tqdm) -> Iterator[str]:
+def _iter_file_documents(path: Path, bar: tqdm, format: str) -> Iterator[str]:
     """Documents of one file; JSONL is streamed line by line (files larger than memory are fine)."""
-    if path.suffix == ".jsonl":
+    if format == "jsonl":
         for doc in iter_jsonl_documents(path):
             bar.update(len(doc.encode("utf-8")) + 12)  # approximate bytes: progress, not accounting
             yield doc
     else:  # plain text is split on separators, which needs the whole file in memory
-        docs = read_documents(path)
+        docs = read_documents(path, format="text")
         for doc in docs:
             bar.update(len(doc.encode("utf-8")) + 2)
             yield doc
 
 
-def _file_digest(path: Path) -> str:
+@functools.lru_cache(maxsize=256)
+def _digest_of(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.blake2b(digest_size=16)
     with open(path, "rb") as f:
         while chunk := f.read(1 << 22):
@@ -127,10 +138,20 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def token_cache_key(paths: Sequence[Path], tokenizer_dir: Path) -> str:
-    """Key of the cached token file: the contents of every corpus file and of ``tokenizer.json``."""
-    parts = [f"v{FORMAT_VERSION}", _file_digest(tokenizer_dir / "tokenizer.json")]
-    parts += [_file_digest(p) for p in paths]
+def file_digest(path: str | os.PathLike) -> str:
+    """A hash of a file's bytes (blake2b, 128 bits); computed once per process while size and time are unchanged:
+    the token cache and the checkpoints' record of the training data both ask for it."""
+    stat = Path(path).stat()
+    return _digest_of(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def token_cache_key(paths: Sequence[Path], tokenizer_dir: Path, formats: Sequence[str] | None = None) -> str:
+    """Key of the cached token file: the contents of every corpus file, how each was read (its format and the
+    document separator rule) and the contents of ``tokenizer.json``: the same bytes read another way, or
+    tokenized by another tokenizer, are another cache."""
+    formats = list(formats) if formats is not None else [detect_format(p) for p in paths]
+    parts = [f"v{FORMAT_VERSION}", file_digest(tokenizer_dir / "tokenizer.json"), "separator=auto"]
+    parts += [f"{fmt}:{file_digest(p)}" for p, fmt in zip(paths, formats)]
     return hashlib.blake2b("|".join(parts).encode(), digest_size=12).hexdigest()
 
 
@@ -144,6 +165,7 @@ def tokenize_files(
     paths: Sequence[str | os.PathLike] | str | os.PathLike,
     tokenizer_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    format: str = "auto",
 ) -> TokenData:
     """Tokenize corpus files once into ``cache_dir()/tokens/<key>.bin`` and memory-map the result.
 
@@ -155,10 +177,11 @@ def tokenize_files(
     for p in paths:
         if not p.exists():
             raise CorpusError(f"{p}: no such corpus file")
+    formats = [detect_format(p, format) for p in paths]
     tok, tok_dir = _resolve_tokenizer(tokenizer_dir)
     folder = cache_dir() / "tokens"
     folder.mkdir(parents=True, exist_ok=True)
-    key = token_cache_key(paths, tok_dir)
+    key = token_cache_key(paths, tok_dir, formats)
     bin_path, meta_path, idx_path = folder / f"{key}.bin", folder / f"{key}.json", folder / f"{key}.docs.npy"
     source = ", ".join(str(p) for p in paths)
     if not meta_path.exists():
@@ -170,9 +193,9 @@ def tokenize_files(
         try:
             with os.fdopen(fd, "wb") as out, tqdm(total=total, unit="B", unit_scale=True, desc="tokenizing",
                                                   disable=not progress, leave=False) as bar:
-                for p in paths:
+                for p, fmt in zip(paths, formats):
                     batch: list[str] = []
-                    for doc in _iter_file_documents(p, bar):
+                    for doc in _iter_file_documents(p, bar, fmt):
                         batch.append(doc)
                         if len(batch) == _ENCODE_CHUNK:
                             max_id = _write_chunk(tok, batch, out, lengths, dtype, max_id)
@@ -189,6 +212,7 @@ def tokenize_files(
             os.replace(tmp_idx, idx_path)
             meta = {"format": FORMAT_VERSION, "dtype": dtype.name, "n_tokens": int(offsets[-1]),
                     "n_docs": len(lengths), "max_token_id": max_id, "sources": [str(p) for p in paths],
+                    "formats": formats,
                     "tokenizer": str(tok_dir)}
             # Unique temporary names throughout: several processes (DDP ranks) may tokenize at once.
             fd3, tmp_meta = tempfile.mkstemp(prefix=f"{key}-", suffix=".json", dir=folder)
@@ -201,7 +225,7 @@ def tokenize_files(
     meta = json.loads(meta_path.read_text())
     offsets = np.load(idx_path, allow_pickle=False)
     tokens = np.memmap(bin_path, dtype=np.dtype(meta["dtype"]), mode="r", shape=(meta["n_tokens"],))
-    return TokenData(tokens, offsets, source, meta["max_token_id"])
+    return TokenData(tokens, offsets, source, meta["max_token_id"], tuple(str(p) for p in paths))
 
 
 def _write_chunk(tok, batch, out, lengths, dtype, max_id) -> int:
@@ -218,6 +242,7 @@ def load_splits(
     tokenizer_dir: str | os.PathLike | None = None,
     valid_fraction: float = 0.02,
     progress: bool = True,
+    format: str = "auto",
 ) -> tuple[TokenData, TokenData]:
     """Training and validation token data that share no document.
 
@@ -230,9 +255,10 @@ def load_splits(
         if valid_paths is not None:
             raise ValueError("valid_paths was given without train_paths; give both or neither")
         train_paths, valid_paths = default_corpus_files("train"), default_corpus_files("valid")
-    train = tokenize_files(train_paths, tokenizer_dir, progress)
+    check_format(format)
+    train = tokenize_files(train_paths, tokenizer_dir, progress, format)
     if valid_paths is not None:
-        return train, tokenize_files(valid_paths, tokenizer_dir, progress)
+        return train, tokenize_files(valid_paths, tokenizer_dir, progress, format)
     if not 0.0 < valid_fraction < 1.0:
         raise ValueError(f"valid_fraction must be between 0 and 1, got {valid_fraction}")
     if train.n_docs < 2:

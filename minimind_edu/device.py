@@ -73,6 +73,13 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise InvalidArgument("device", f"{name}: {err}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InvalidArgument("device", f"{name}: asked for, but torch.cuda.is_available() is False; use cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise InvalidArgument("device", f"{name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise InvalidArgument("device", f"{name}: Apple's MPS is not available here; use cpu or auto")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise InvalidArgument("device", f"{name}: the course trains on cpu, cuda or mps (a {device.type} device "
+                              "cannot run it); use auto to pick the best one here")
     if device.type == "mps":
         print("note: training on Apple MPS is unverified in this course; compare a few losses with device='cpu'.",
               file=sys.stderr)

@@ -24,6 +24,11 @@ def at_least(argument: str, value: float | None, low: float) -> None:
 
 
 def positive(argument: str, value: float | None) -> None:
-    """Refuse a value that is not > 0, NaN included (None means "not given" and passes)."""
-    if value is not None and not value > 0:
-        raise InvalidArgument(argument, f"must be positive, got {value:g}")
+    """Refuse a value that is not a finite number > 0 (NaN and infinity included; None means "not given")."""
+    if value is not None and not 0 < value < float("inf"):
+        raise InvalidArgument(argument, f"must be a positive finite number, got {value:g}")
+
+
+class RunError(RuntimeError):
+    """An expected way for a run to fail (a folder in use, a checkpoint that does not match, a loss that went
+    to NaN); the message names what happened and what to do, and the command line prints it as one line."""

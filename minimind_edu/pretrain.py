@@ -18,6 +18,8 @@ from typing import Any, TextIO
 
 import torch
 
+from .checkpoint import latest_checkpoint
+from .corpus import FORMATS
 from .data import TokenData, load_splits
 from .device import autocast_dtype, check_precision, resolve_device, resolve_precision
 from .distributed import environment_world_size
@@ -26,8 +28,10 @@ from .evaluate import evaluate_by_language, format_results
 from .generate import print_samples
 from .metrics import plot_metrics
 from .model import PRESETS
+from .run_folder import check_out_dir
 from .tokenizer import default_tokenizer_dir, load_tokenizer
-from .train import TrainConfig, Trainer
+from .train import Trainer
+from .train_config import TrainConfig
 
 # What `make pretrain` / `minimind-edu pretrain` (and notebook 05) do when told neither steps, epochs nor minutes.
 DEFAULT_CPU_MINUTES = 14.0  # on 2 CPU cores: ~14 min of training + tokenizing, evaluation, samples
@@ -119,6 +123,9 @@ class PretrainOptions:
     out: str | None = None  # output folder; None: runs/<preset>
     seed: int = 0
     resume: bool = False  # continue from the newest checkpoint in ``out``
+    force: bool = False  # with resume: even with settings that differ from the checkpoint's (each is named)
+    overwrite: bool = False  # a new run in an ``out`` that holds an earlier one, which is moved aside first
+    format: str = "auto"  # how the data files are read: "auto" (by content), "text" or "jsonl"
     compile: bool = False
     eval_every: int | None = None  # None: about 20 evaluations per run
     log_every: int = 10
@@ -138,6 +145,12 @@ class PretrainOptions:
         if self.preset is not None and self.preset not in PRESETS:
             raise InvalidArgument("preset", f"{self.preset!r} is unknown; choose one of: {', '.join(PRESETS)}")
         check_precision(self.precision, allow_auto=True)
+        if self.format not in FORMATS:
+            raise InvalidArgument("format", f"must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        if self.resume and self.overwrite:
+            raise InvalidArgument("overwrite", "cannot be combined with resume: continue the run, or replace it")
+        if self.out is not None:
+            check_out_dir(self.out)
         for name in ("data", "valid_data"):
             for path in getattr(self, name) or ():
                 if not Path(path).is_file():
@@ -159,7 +172,7 @@ def run_pretrain(options: PretrainOptions, out: TextIO | None = None) -> dict[st
     batch = setup.batch_size if o.batch is None else o.batch
     seq = setup.seq_len if o.seq is None else o.seq
     out_dir = Path(o.out or Path("runs") / preset)
-    train_data, valid_data = load_splits(o.data, o.valid_data, o.tokenizer, progress=o.progress)
+    train_data, valid_data = load_splits(o.data, o.valid_data, o.tokenizer, progress=o.progress, format=o.format)
 
     # Under torchrun each rank trains on its own `batch` rows, so an epoch takes WORLD_SIZE times fewer steps.
     extra = plan_schedule(device, train_data, batch, seq, o.accum, o.steps, o.epochs, o.minutes,
@@ -170,18 +183,26 @@ def run_pretrain(options: PretrainOptions, out: TextIO | None = None) -> dict[st
             extra[name] = value
     if o.lr is not None:
         extra["min_lr"] = min(TrainConfig.min_lr, o.lr)
+    if o.resume:  # a resumed run keeps the schedule it was planned with, unless told otherwise
+        ckpt = latest_checkpoint(out_dir)
+        saved = json.loads((ckpt / "config.json").read_text())["train"] if ckpt is not None else {}
+        given = {"warmup_steps": o.warmup, "eval_every": o.eval_every, "save_every": o.save_every, "lr": o.lr}
+        for name in ("warmup_steps", "eval_every", "save_every", "time_budget_min", "min_lr", "lr"):
+            if name in saved and given.get(name) is None and not (name == "min_lr" and o.lr is not None):
+                extra[name] = saved[name]
     budget, max_steps = extra.get("time_budget_min"), extra.get("max_steps", TrainConfig.max_steps)
     cfg = TrainConfig(
         model=preset, batch_size=batch, seq_len=seq, grad_accum_steps=o.accum, precision=o.precision,
         device=o.device, log_every=o.log_every, out_dir=str(out_dir), seed=o.seed, compile=o.compile,
         train_data=o.data, valid_data=o.valid_data, tokenizer_dir=o.tokenizer, progress=o.progress,
-        **extra,
+        data_format=o.format, **extra,
     )
     precision = resolve_precision(o.precision, device)
     schedule = f"{budget:g} minutes" if budget is not None else f"{max_steps} steps"
     print(f"pretraining {preset} on {device} ({precision}): {batch} x {seq} tokens "
           f"per step, {schedule}; {train_data.n_tokens:,} training tokens; output in {out_dir}", file=out)
-    trainer = Trainer(cfg, resume=o.resume, train_data=train_data, valid_data=valid_data)
+    trainer = Trainer(cfg, resume=o.resume, train_data=train_data, valid_data=valid_data, overwrite=o.overwrite,
+                      force=o.force)
     if o.resume and o.steps is not None and trainer.max_steps != o.steps:
         # The checkpoint remembers its run's length; an explicit steps extends (or shortens) it, and the
         # cosine schedule stretches to the new length from here on.

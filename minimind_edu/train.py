@@ -40,11 +40,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -52,99 +53,20 @@ from tqdm.auto import tqdm
 
 from . import flops
 from .checkpoint import latest_checkpoint, load_model, save_checkpoint_dir
+from .corpus import CorpusError
 from .data import TokenData, load_splits, make_batches
-from .device import autocast, check_precision, peak_memory, resolve_device, resolve_precision
+from .device import autocast, peak_memory, resolve_device, resolve_precision
 from .distributed import from_rank0, init_distributed, mean_over_ranks
-from .model import MiniMind, ModelConfig, get_preset
+from .errors import RunError
+from .model import MiniMind
 from .optim import lr_at, make_optimizer
+from .resume import resume_differences, run_identity
+from .run_folder import RunLock, check_out_dir, prepare_run_folder
 from .tokenizer import default_tokenizer_dir
+from .train_config import TrainConfig
 
 Callback = Callable[[dict], "bool | None"]
 STATE_VERSION = 1
-
-
-@dataclass
-class TrainConfig:
-    """Everything one training run needs. ``model`` is a preset name or a :class:`ModelConfig`."""
-
-    model: str | ModelConfig = "course-cpu"
-    batch_size: int = 16  # sequences per micro-batch, per rank
-    seq_len: int = 256
-    grad_accum_steps: int = 1  # micro-batches per optimizer step
-    max_steps: int = 1000  # optimizer steps; with time_budget_min, replaced by a fitted value
-    time_budget_min: float | None = None  # train for about this long: max_steps fitted after probe_steps
-    probe_steps: int = 4  # at least this many steps (after the first) are timed to fit max_steps to the budget
-    lr: float = 1e-3
-    min_lr: float = 1e-4  # the cosine floor
-    warmup_steps: int = 50
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
-    precision: str = "auto"  # "auto" | "bf16" | "fp16" | "fp32"
-    device: str = "auto"  # "auto" (cuda, else cpu) | "cpu" | "cuda" | "cuda:N" | "mps"
-    batch_kind: str = "packed"  # "packed" windows (no padding) | "padded" (one document per row)
-    eval_every: int = 100  # 0: only at the end
-    eval_batches: int = 10
-    log_every: int = 10
-    save_every: int = 500  # 0: only at the end
-    keep_last: int = 2
-    out_dir: str | None = "runs/course-cpu"  # None: keep nothing on disk
-    seed: int = 0
-    compile: bool = False  # torch.compile: off by default; on a CPU its one-off compile can outlast a short run
-    train_data: str | list[str] | None = None  # None: the shipped corpus
-    valid_data: str | list[str] | None = None  # None: shipped valid files, or a held-out doc range of train_data
-    valid_fraction: float = 0.02
-    tokenizer_dir: str | None = None  # None: the course tokenizer (cache_dir()/tokenizer)
-    progress: bool = True  # tqdm bar
-    measure_mfu: bool = True  # on CPU this measures the matmul peak once (about 2 s)
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def model_config(self) -> ModelConfig:
-        if isinstance(self.model, ModelConfig):
-            return self.model
-        if isinstance(self.model, dict):
-            return ModelConfig.from_dict(self.model)
-        return get_preset(self.model)
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming the field when the run cannot work as configured."""
-        positive = ("batch_size", "seq_len", "grad_accum_steps", "max_steps", "log_every", "keep_last", "eval_batches")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig.{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("eval_every", "save_every", "warmup_steps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
-        if not 0 <= self.min_lr <= self.lr:
-            raise ValueError(f"need 0 <= min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
-        if self.time_budget_min is not None and self.time_budget_min <= 0:
-            raise ValueError(f"time_budget_min must be positive, got {self.time_budget_min}")
-        check_precision(self.precision, allow_auto=True)
-        if self.batch_kind not in ("packed", "padded"):
-            raise ValueError(f'batch_kind must be "packed" or "padded", got {self.batch_kind!r}')
-        max_positions = self.model_config().max_position_embeddings
-        if self.seq_len > max_positions:
-            raise ValueError(f"seq_len={self.seq_len} exceeds the model's max_position_embeddings={max_positions}")
-
-    def to_dict(self) -> dict:
-        d = asdict(self) if not isinstance(self.model, ModelConfig) else {**asdict(self), "model": self.model.to_dict()}
-        d["betas"] = list(self.betas)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        """The inverse of :meth:`to_dict`; a key that is not a field is refused with its name."""
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown TrainConfig field(s): {', '.join(sorted(unknown))}")
-        d = dict(d)
-        if isinstance(d.get("model"), dict):
-            d["model"] = ModelConfig.from_dict(d["model"])
-        if "betas" in d:
-            d["betas"] = tuple(d["betas"])
-        return cls(**d)
 
 
 @dataclass
@@ -179,7 +101,11 @@ class Trainer:
     """Holds the model, optimizer, data position and step; ``run()`` is the loop (see module docstring)."""
 
     def __init__(self, cfg: TrainConfig, resume: bool = False,
-                 train_data: TokenData | None = None, valid_data: TokenData | None = None):
+                 train_data: TokenData | None = None, valid_data: TokenData | None = None,
+                 overwrite: bool = False, force: bool = False):
+        """``resume``: continue the newest good checkpoint in ``cfg.out_dir`` (an error when there is none);
+        ``force``: even when settings differ from the checkpoint's (each is named); ``overwrite``: start afresh
+        in a folder that holds an earlier run, which is moved aside first. See :mod:`minimind_edu.run_folder`."""
         cfg.validate()  # again: the fields of a dataclass can be changed after it was built
         self.cfg = cfg
         self.group = init_distributed(cfg.device)
@@ -191,20 +117,33 @@ class Trainer:
         self.device = device
         self.precision = resolve_precision(cfg.precision, device)
         self.model_cfg = cfg.model_config()
-        self.out_dir = Path(cfg.out_dir) if cfg.out_dir is not None else None
+        self.out_dir = check_out_dir(cfg.out_dir) if cfg.out_dir is not None else None
+        if self.out_dir is not None and self.is_main:
+            prepare_run_folder(self.out_dir, resume, overwrite)
         self.tokenizer_dir = Path(cfg.tokenizer_dir) if cfg.tokenizer_dir else default_tokenizer_dir()
 
+        given_valid = valid_data
         if train_data is None:
             train_data, valid_data_loaded = load_splits(cfg.train_data, cfg.valid_data, cfg.tokenizer_dir,
-                                                        cfg.valid_fraction, progress=cfg.progress and self.is_main)
+                                                        cfg.valid_fraction, progress=cfg.progress and self.is_main,
+                                                        format=cfg.data_format)
             valid_data = valid_data if valid_data is not None else valid_data_loaded
+        self.identity = run_identity(self.tokenizer_dir, train_data, valid_data)
         train_data.check_vocab(self.model_cfg.vocab_size)
         if valid_data is not None:
             valid_data.check_vocab(self.model_cfg.vocab_size)
         self.batches = make_batches(train_data, cfg.batch_kind, cfg.batch_size, cfg.seq_len, cfg.seed,
                                     self.rank, self.world_size)
-        self.valid_batches = (make_batches(valid_data, cfg.batch_kind, cfg.batch_size, cfg.seq_len, cfg.seed)
-                              if valid_data is not None else None)
+        try:
+            self.valid_batches = (make_batches(valid_data, cfg.batch_kind, cfg.batch_size, cfg.seq_len, cfg.seed)
+                                  if valid_data is not None else None)
+        except CorpusError as err:
+            held_out = cfg.valid_data is None and cfg.train_data is not None and given_valid is None
+            where = (f"the validation hold-out (the last {cfg.valid_fraction:.0%} of the training documents)"
+                     if held_out else "the validation data")
+            raise CorpusError(f"{where} is too short for one window of seq_len + 1 = {cfg.seq_len + 1} tokens "
+                              f"({err}); give longer validation files with --valid-data, or use a smaller --seq"
+                              ) from None
 
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         self.model = MiniMind(self.model_cfg).to(device)
@@ -216,7 +155,7 @@ class Trainer:
         self.history: list[dict] = []
         self.checkpoint: Path | None = None
         if resume:
-            self._resume()
+            self._resume(force)
 
         self.fwd_model: torch.nn.Module = self.model
         if self.world_size > 1:
@@ -300,26 +239,31 @@ class Trainer:
         if not self.is_main or self.out_dir is None:
             return None
         configs = {"model": self.model_cfg.to_dict(), "train": self.cfg.to_dict(),
-                   "tokenizer": str(self.tokenizer_dir), "step": self.step}
+                   "tokenizer": str(self.tokenizer_dir), "identity": self.identity, "step": self.step}
         self.checkpoint = save_checkpoint_dir(self.out_dir, self.step, self.model, self.state_dict(), configs,
                                               self.tokenizer_dir, self.cfg.keep_last)
         return self.checkpoint
 
-    def _resume(self) -> None:
-        ckpt = latest_checkpoint(self.out_dir) if self.out_dir is not None else None
+    def _resume(self, force: bool) -> None:
+        if self.out_dir is None:
+            raise ValueError("resume=True needs an out_dir to resume from")
+        ckpt = latest_checkpoint(self.out_dir)
         if ckpt is None:
-            if self.is_main:
-                print(f"resume: no checkpoint in {self.out_dir}, starting from step 0", file=sys.stderr)
-            return
+            raise RunError(f"{self.out_dir}: no checkpoint to resume from (is the folder right?); start a new run "
+                           "without --resume")
         saved = json.loads((ckpt / "config.json").read_text())
         if saved["model"] != self.model_cfg.to_dict():
-            raise ValueError(f"{ckpt}: the checkpoint's model config differs from this run's; resume with the same "
-                             "model, or use a new out_dir")
-        for key in ("seq_len", "batch_kind", "seed"):
-            if saved["train"].get(key) != getattr(self.cfg, key):
-                raise ValueError(f"{ckpt}: {key}={saved['train'].get(key)!r} in the checkpoint but "
-                                 f"{getattr(self.cfg, key)!r} now; the data position only makes sense with the "
-                                 "same value")
+            changed = sorted(k for k, v in self.model_cfg.to_dict().items() if saved["model"].get(k) != v)
+            raise RunError(f"{ckpt}: the checkpoint's model differs from this run's ({', '.join(changed)}); its "
+                           "weights cannot continue as another model: resume with the same --preset, or a new --out")
+        differences = resume_differences(saved, self.cfg.to_dict(), self.identity)
+        if differences and not force:
+            raise RunError(f"{ckpt}: cannot resume, {len(differences)} setting(s) differ from the checkpoint's: "
+                           f"{'; '.join(differences)}. Resume with the same settings, or add --force to continue "
+                           f"with the new ones from step {saved.get('step')}")
+        if differences and self.is_main:
+            print(f"resume --force: continuing {ckpt} with changed settings: {'; '.join(differences)}",
+                  file=sys.stderr)
         state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
         self.model.load_state_dict(load_model(ckpt).state_dict())
         self.optimizer.load_state_dict(state["optimizer"])
@@ -366,7 +310,28 @@ class Trainer:
                   f"max_steps={self.max_steps}", file=sys.stderr)
 
     def run(self, callbacks: Iterable[Callback] = ()) -> TrainResult:
-        cfg, callbacks = self.cfg, list(callbacks)
+        """Train until ``max_steps`` (or a callback stops it), holding the output folder's lock meanwhile."""
+        lock = RunLock(self.out_dir) if self.out_dir is not None and self.is_main else None
+        if lock is not None:
+            lock.acquire()
+        try:
+            return self._loop(list(callbacks))
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _check_finite(self, loss: float, grad_norm: float, what: str = "the loss") -> None:
+        # Under fp16 an infinite gradient norm is routine: GradScaler skips that step and lowers its scale.
+        if math.isfinite(loss) and (math.isfinite(grad_norm) or self.precision == "fp16"):
+            return
+        kept = (f"the last good checkpoint, {self.checkpoint}, is kept" if self.checkpoint is not None
+                else "no checkpoint was written")
+        raise RunError(f"step {self.step}: {what} is {loss} (gradient norm {grad_norm}): training diverged, and "
+                       f"stopped before saving anything; {kept}. Try a lower learning rate (--lr) or "
+                       "--precision fp32")
+
+    def _loop(self, callbacks: list[Callback]) -> TrainResult:
+        cfg = self.cfg
         started = time.perf_counter()
         metrics_file = self.out_dir / "metrics.jsonl" if (self.out_dir is not None and self.is_main) else None
         if metrics_file is not None:
@@ -379,6 +344,7 @@ class Trainer:
         while self.step < self.max_steps:
             t0 = time.perf_counter()
             loss, grad_norm = self.train_step()
+            self._check_finite(loss, grad_norm)
             window_losses.append(loss)
             if not self.budget_fitted:
                 if self.step > 1:  # the first step pays one-off costs (allocation, kernel choice)
@@ -412,10 +378,11 @@ class Trainer:
                 }
                 if evaluate:
                     record["val_loss"] = self.evaluate()
+                    self._check_finite(record["val_loss"], 0.0, "the validation loss")
                 self.history.append(record)
                 if metrics_file is not None:
                     with open(metrics_file, "a") as f:
-                        f.write(json.dumps(record) + "\n")
+                        f.write(json.dumps(record, allow_nan=False) + "\n")  # JSON has no NaN
                 if self.is_main:  # a list, not any(generator): every callback sees the record, even after a stop
                     stopped = any([cb(record) is True for cb in callbacks])
                 if self.world_size > 1:  # every rank must agree to stop

@@ -137,8 +137,9 @@ def test_bad_arguments_give_one_line_errors(tmp_path, capsys):
 @pytest.mark.parametrize("option, value, message", [
     ("--batch", "0", "--batch must be at least 1, got 0"),
     ("--seq", "0", "--seq must be at least 1, got 0"),
-    ("--minutes", "0", "--minutes must be positive, got 0"),
-    ("--epochs", "-1", "--epochs must be positive, got -1"),
+    ("--minutes", "0", "--minutes must be a positive finite number, got 0"),
+    ("--lr", "inf", "--lr must be a positive finite number, got inf"),
+    ("--epochs", "-1", "--epochs must be a positive finite number, got -1"),
     ("--threads", "0", "--threads must be at least 1, got 0"),
     ("--accum", "0", "--accum must be at least 1, got 0"),
 ])

@@ -15,7 +15,7 @@ from minimind_edu.device import (
     resolve_precision,
 )
 from minimind_edu.errors import InvalidArgument
-from minimind_edu.train import TrainConfig
+from minimind_edu.train_config import TrainConfig
 
 
 def test_precision_names_and_dtypes():

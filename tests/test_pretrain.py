@@ -42,8 +42,9 @@ def test_options_name_the_bad_argument(tmp_path):
     cases = [
         (dict(batch=0), "batch must be at least 1, got 0"),
         (dict(warmup=-1), "warmup must be at least 0, got -1"),
-        (dict(minutes=0.0), "minutes must be positive, got 0"),
-        (dict(lr=float("nan")), "lr must be positive, got nan"),
+        (dict(minutes=0.0), "minutes must be a positive finite number, got 0"),
+        (dict(lr=float("nan")), "lr must be a positive finite number, got nan"),
+        (dict(lr=float("inf")), "lr must be a positive finite number, got inf"),
         (dict(steps=3, minutes=1.0), "minutes cannot be combined with steps"),
         (dict(preset="gpt5"), "preset 'gpt5' is unknown; choose one of: minimind2-small"),
         (dict(precision="int8"), "precision must be one of auto, bf16, fp16, fp32"),

@@ -18,10 +18,12 @@ from safetensors import SafetensorError
 
 from minimind_edu.checkpoint import latest_checkpoint, list_checkpoints, load_model, load_trained
 from minimind_edu.data import TokenData
+from minimind_edu.errors import RunError
 from minimind_edu.model import get_preset
 from minimind_edu.optim import lr_at
 from minimind_edu.tokenizer import default_tokenizer_dir, get_default_tokenizer
-from minimind_edu.train import TrainConfig, Trainer, train
+from minimind_edu.train import Trainer, train
+from minimind_edu.train_config import TrainConfig
 
 STORIES = [f"Once upon a time there was a cat number {i}. It liked fish, milk and naps in the sun." for i in range(60)]
 VALID = [f"A dog called Rex number {i} ran to the park." for i in range(8)]
@@ -29,7 +31,8 @@ VALID = [f"A dog called Rex number {i} ran to the park." for i in range(8)]
 CHILD = r"""
 import json, sys, time, torch
 torch.set_num_threads(1)
-from minimind_edu.train import TrainConfig, train
+from minimind_edu.train import train
+from minimind_edu.train_config import TrainConfig
 cfg = TrainConfig.from_dict(json.loads(sys.argv[1]))
 slow = float(sys.argv[2])
 train(cfg, callbacks=[lambda r: time.sleep(slow)], resume="--resume" in sys.argv)
@@ -168,7 +171,8 @@ def dying_write(state, path):
         os.kill(os.getpid(), signal.SIGKILL)
     torch.save(state, path)
 C._write_state = dying_write
-T.train(T.TrainConfig.from_dict(json.loads(sys.argv[1])))
+import minimind_edu.train_config as TC
+T.train(TC.TrainConfig.from_dict(json.loads(sys.argv[1])))
 """
 
 
@@ -193,7 +197,8 @@ def test_kill_during_checkpoint_write_keeps_previous(tmp_path, corpus):
 DDP_CHILD = r"""
 import json, sys, torch
 torch.set_num_threads(1)
-from minimind_edu.train import TrainConfig, train
+from minimind_edu.train import train
+from minimind_edu.train_config import TrainConfig
 train(TrainConfig.from_dict(json.loads(sys.argv[1])))
 """
 
@@ -237,6 +242,9 @@ def test_loading_never_runs_pickled_code(tmp_path, corpus):
     ckpt = latest_checkpoint(out)
     marker = tmp_path / "pwned"
     torch.save({"step": Payload(marker)}, ckpt / "state.pt")
+    # The manifest notices the swapped file first: resuming skips that checkpoint for the one before it.
+    assert Trainer(cfg, resume=True).step == 1
+    (ckpt / "manifest.json").unlink()  # an attacker can drop the manifest; the loader itself must still refuse
     with pytest.raises(pickle.UnpicklingError):
         Trainer(cfg, resume=True)
     (ckpt / "model.safetensors").write_bytes(pickle.dumps(Payload(marker)))
@@ -250,7 +258,8 @@ def test_checkpoint_contents_and_generation_ready(tmp_path, corpus):
     result = train(base_cfg(corpus, out, max_steps=4, save_every=2, keep_last=1))
     assert [p.name for p in list_checkpoints(out)] == ["step_00000004"]  # keep_last=1 pruned step 2
     files = sorted(p.name for p in result.checkpoint.iterdir())
-    assert files == ["config.json", "model.safetensors", "state.pt", "tokenizer.json", "tokenizer_config.json"]
+    assert files == ["config.json", "manifest.json", "model.safetensors", "state.pt", "tokenizer.json",
+                     "tokenizer_config.json"]
     model, tok = load_trained(out)
     assert not model.training and tok.get_vocab_size() == 6400
     for k, v in result.model.state_dict().items():
@@ -279,7 +288,7 @@ def test_vocab_mismatch_and_resume_mismatch(tmp_path, corpus):
         Trainer(base_cfg(corpus, None, model=replace(get_preset("tiny"), vocab_size=300)))
     out = tmp_path / "run"
     train(base_cfg(corpus, out, max_steps=1))
-    with pytest.raises(ValueError, match="seq_len"):
+    with pytest.raises(RunError, match="1 setting\\(s\\) differ from the checkpoint's: seq_len: 32 -> 16"):
         Trainer(base_cfg(corpus, out, seq_len=16), resume=True)
 
 
