@@ -122,7 +122,6 @@ class Trainer:
             prepare_run_folder(self.out_dir, resume, overwrite)
         self.tokenizer_dir = Path(cfg.tokenizer_dir) if cfg.tokenizer_dir else default_tokenizer_dir()
 
-        given_valid = valid_data
         if train_data is None:
             train_data, valid_data_loaded = load_splits(cfg.train_data, cfg.valid_data, cfg.tokenizer_dir,
                                                         cfg.valid_fraction, progress=cfg.progress and self.is_main,
@@ -138,7 +137,7 @@ class Trainer:
             self.valid_batches = (make_batches(valid_data, cfg.batch_kind, cfg.batch_size, cfg.seq_len, cfg.seed)
                                   if valid_data is not None else None)
         except CorpusError as err:
-            held_out = cfg.valid_data is None and cfg.train_data is not None and given_valid is None
+            held_out = cfg.valid_data is None and cfg.train_data is not None
             where = (f"the validation hold-out (the last {cfg.valid_fraction:.0%} of the training documents)"
                      if held_out else "the validation data")
             raise CorpusError(f"{where} is too short for one window of seq_len + 1 = {cfg.seq_len + 1} tokens "

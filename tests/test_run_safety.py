@@ -253,3 +253,26 @@ def test_every_expected_file_system_failure_says_what_to_do():
     assert os_error_advice(OSError(errno.EROFS, "Read-only file system", "/mnt/ro")) == (
         "/mnt/ro: Read-only file system; the file system is read-only; choose another folder")
     assert os_error_advice(OSError(errno.EIO, "Input/output error")) == "Input/output error"
+
+
+def test_a_corpus_too_short_for_validation_names_the_hold_out(tmp_path, capsys):
+    short = tmp_path / "short.txt"
+    short.write_text("\n\n".join(f"Story {i}: a cat sat on a mat and looked at the sun all day long." * 3
+                                 for i in range(20)), encoding="utf-8")
+    assert pretrain(short, tmp_path / "run", "--steps", "1", "--seq", "256") == 2
+    error = one_line_error(capsys)
+    assert "the validation hold-out (the last 2% of the training documents) is too short for one window of " \
+           "seq_len + 1 = 257 tokens" in error and "--valid-data" in error
+
+
+def test_a_checkpoint_without_its_tokenizer_says_to_copy_the_right_one(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert pretrain(corpus, out, "--steps", "1") == 0
+    ckpt = latest_checkpoint(out)
+    for name in ("tokenizer.json", "tokenizer_config.json", "manifest.json"):
+        (ckpt / name).unlink()
+    capsys.readouterr()
+    assert main(["generate", str(out), "--prompt", "Once"]) == 2
+    error = one_line_error(capsys)
+    assert f"{ckpt} has no tokenizer.json; copy in the tokenizer the model was trained with (its config names " \
+           f"{default_tokenizer_dir()})" in error and "train-tokenizer" not in error
