@@ -58,3 +58,8 @@ def test_bad_devices_are_named():
     if not torch.cuda.is_available():
         with pytest.raises(InvalidArgument, match="device cuda: asked for, but torch.cuda.is_available"):
             resolve_device("cuda")
+    with pytest.raises(InvalidArgument, match="device meta: the course trains on cpu, cuda or mps"):
+        resolve_device("meta")  # a real torch device, but one that holds no data
+    if not torch.backends.mps.is_available():
+        with pytest.raises(InvalidArgument, match="device mps: Apple's MPS is not available here"):
+            resolve_device("mps")
