@@ -2,6 +2,9 @@
 
     python benchmarks/memory_grid.py            # writes benchmarks/results/memory_grid_cpu.{csv,png}
 
+Today's MiniMind is in the grid too: minimind3 (QK-norm), minimind2-moe (top-2 + a shared expert),
+minimind3-moe (top-1), and dropout (which on the CPU sends attention to PyTorch's math kernel).
+
 Every point runs two real training steps (forward, backward, and the trainer's own AdamW from
 minimind_edu.optim.make_optimizer, i.e. the fused kernel) and counts live tensor storages on the second; the
 estimate comes from minimind_edu.memory.estimate. Two extra points step PyTorch's foreach and per-tensor
@@ -22,7 +25,8 @@ from minimind_edu.model import get_preset
 RESULTS = Path(__file__).resolve().parent / "results"
 PLOT_TITLE = "CPU, exact live-storage tracker (torch " + __import__("torch").__version__ + ")"
 FIELDS = ["model", "hidden", "layers", "batch", "seq_len", "attention", "precision", "checkpointing",
-          "optimizer", "estimated_bytes", "measured_bytes", "relative_error", "estimated_phase", "seconds"]
+          "optimizer", "kernel", "estimated_bytes", "measured_bytes", "relative_error", "estimated_phase", "seconds"]
+REAL = ("minimind2-small", "minimind3", "minimind3+dropout", "minimind2-moe", "minimind3-moe")
 
 
 def small(hidden: int, layers: int):
@@ -46,6 +50,18 @@ def grid() -> list[tuple[str, object, int, int, str, str, bool, str]]:
         (2, 128, "sdpa", "fp32", False, "sgd"), (1, 1024, "naive", "bf16", True, "adamw"),
     ):
         points.append(("minimind2-small", real, batch, seq, attention, precision, ckpt, opt))
+    # today's MiniMind: QK-norm, both MoE presets, dropout
+    for name, batch, seq, attention, precision, ckpt, opt in (
+        ("minimind3", 2, 256, "sdpa", "bf16", False, "adamw"), ("minimind3", 1, 512, "sdpa", "fp32", True, "adamw"),
+        ("minimind3", 2, 256, "naive", "bf16", False, "adamw"),
+        ("minimind2-moe", 2, 256, "sdpa", "bf16", False, "adamw"), ("minimind2-moe", 1, 128, "sdpa", "fp32", False,
+                                                                    "adamw"),
+        ("minimind3-moe", 2, 128, "sdpa", "bf16", False, "adamw"), ("minimind3-moe", 1, 256, "sdpa", "bf16", True,
+                                                                    "sgd"),
+    ):
+        points.append((name, get_preset(name), batch, seq, attention, precision, ckpt, opt))
+    points.append(("minimind3+dropout", replace(get_preset("minimind3"), dropout=0.1), 1, 256, "sdpa", "bf16", False,
+                   "adamw"))
     # the other AdamW kernels at a short sequence, where foreach's step is the peak (the loop's step ties with
     # backward's end: both hold two embedding-sized fp32 tensors; tests/test_memory.py checks each step exactly)
     for opt in ("adamw-foreach", "adamw-forloop"):
@@ -53,8 +69,9 @@ def grid() -> list[tuple[str, object, int, int, str, str, bool, str]]:
     return points
 
 
-def run(points, device: str, estimate_device: str | None = None) -> list[dict]:
-    """Measure and estimate each point; ``estimate_device`` (default: ``device``) picks the estimator's model.
+def run(points, device: str, estimate_device: str | None = None, gpu=None) -> list[dict]:
+    """Measure and estimate each point; ``estimate_device`` (default: ``device``) picks the estimator's model,
+    ``gpu`` (a GPUCard) the attention kernel its compute capability runs.
 
     On CUDA the rows also carry the reserved and driver-view peaks and the estimate with its overhead."""
     rows = []
@@ -63,11 +80,11 @@ def run(points, device: str, estimate_device: str | None = None) -> list[dict]:
         m = measure(cfg, batch, seq, precision=precision, attention=attention, checkpointing=ckpt,
                     optimizer=opt, device=device)
         e = estimate(cfg, batch, seq, precision=precision, attention=attention, checkpointing=ckpt,
-                     optimizer=opt, device=estimate_device or device)
+                     optimizer=opt, device=estimate_device or device, gpu=gpu)
         rel = (e.peak_bytes - m.peak_bytes) / m.peak_bytes if m.fits else float("nan")
         rows.append({"model": name, "hidden": cfg.hidden_size, "layers": cfg.num_layers, "batch": batch,
                      "seq_len": seq, "attention": attention, "precision": precision, "checkpointing": ckpt,
-                     "optimizer": opt, "estimated_bytes": e.peak_bytes,
+                     "optimizer": opt, "kernel": e.kernel, "estimated_bytes": e.peak_bytes,
                      "measured_bytes": m.peak_bytes if m.fits else "",
                      "relative_error": f"{rel:.5f}", "estimated_phase": e.peak_phase,
                      "reserved_bytes": m.reserved_bytes if m.reserved_bytes is not None else "",
@@ -110,10 +127,10 @@ def write(rows: list[dict], csv_path: Path, png_path: Path | None, title: str) -
     ax.set_title(title, fontsize=9)
     errs = [100 * float(r["relative_error"]) for r in ok]
     ax2.axhline(0, color="k", lw=0.5)
-    ax2.scatter(range(len(errs)), errs, c=["C1" if r["model"] == "minimind2-small" else "C0" for r in ok], s=18)
+    ax2.scatter(range(len(errs)), errs, c=["C1" if r["model"] in REAL else "C0" for r in ok], s=18)
     ax2.axhline(3, color="r", lw=0.8), ax2.axhline(-3, color="r", lw=0.8)
     ax2.set_ylim(-4, 4)
-    ax2.set_xlabel("grid point (orange: minimind2-small)"), ax2.set_ylabel("relative error (%)")
+    ax2.set_xlabel("grid point (orange: real presets)"), ax2.set_ylabel("relative error (%)")
     ax2.set_title(f"max |error| = {max(abs(e) for e in errs):.2g}% over {len(errs)} points (limit 3%)", fontsize=9)
     fig.tight_layout()
     fig.savefig(png_path, dpi=110)

@@ -8,7 +8,11 @@ torch.cuda.max_memory_allocated of the second training step, ``reserved_bytes`` 
 ``driver_bytes`` the device's used memory (what nvidia-smi shows, other processes included); the estimate
 is taken with device="cuda" (the trainer's fused AdamW on both sides: measure() steps
 minimind_edu.optim.make_optimizer) and its approximate overhead is written beside them, so the
-constants in minimind_edu/memory.py (CUDA context, cuBLAS workspace, allocator slack) can be checked.
+constants in minimind_edu/memory.py (CUDA context, cuBLAS workspace, allocator slack) can be checked. The
+estimate is taken for this GPU's compute capability, so it models the attention kernel that really runs (the
+``kernel`` column: flash, efficient or math); the grid holds minimind3 and both MoE presets, bf16 and fp32, sdpa
+and naive, batch and sequence sweeps (about 5 minutes on one GPU). ``minimind-edu memory --calibrate`` measures
+the overheads once and the estimate uses them afterwards.
 """
 from __future__ import annotations
 
@@ -20,9 +24,23 @@ from pathlib import Path
 import torch
 from memory_grid import RESULTS, grid, run  # same folder
 
+from minimind_edu.memory import GPUCard
+from minimind_edu.model import get_preset
+
 FIELDS = ["gpu", "model", "hidden", "layers", "batch", "seq_len", "attention", "precision", "checkpointing",
-          "optimizer", "estimated_bytes", "measured_bytes", "relative_error", "reserved_bytes", "driver_bytes",
-          "estimated_total_with_overhead", "fits", "seconds"]
+          "optimizer", "kernel", "estimated_bytes", "measured_bytes", "relative_error", "reserved_bytes",
+          "driver_bytes", "estimated_total_with_overhead", "fits", "seconds"]
+
+
+def sweeps(device: str) -> list:
+    """Batch and sequence sweeps of the course's model (bf16 and fp32, sdpa and naive) on a GPU; none on CPU."""
+    if device != "cuda":
+        return []
+    cfg = get_preset("minimind2-small")
+    points = [("minimind2-small", cfg, b, 512, "sdpa", "bf16", False, "adamw") for b in (8, 16, 32, 64)]
+    points += [("minimind2-small", cfg, 8, t, attention, precision, False, "adamw")
+               for t in (256, 1024, 2048) for attention in ("sdpa", "naive") for precision in ("bf16", "fp32")]
+    return points
 
 
 def main() -> None:
@@ -37,7 +55,11 @@ def main() -> None:
             raise SystemExit("no CUDA device: run on a machine with a GPU, or use --dry-run")
         device, gpu_name, points = "cuda", torch.cuda.get_device_name(0), grid()
     slug = re.sub(r"[^a-z0-9]+", "-", gpu_name.lower()).strip("-")
-    rows = [{"gpu": gpu_name, **row} for row in run(points, device, estimate_device="cuda")]
+    card = None
+    if device == "cuda":
+        free, total = torch.cuda.mem_get_info()
+        card = GPUCard(gpu_name, total // 2**20, capability=torch.cuda.get_device_capability(0))
+    rows = [{"gpu": gpu_name, **row} for row in run(points + sweeps(device), device, estimate_device="cuda", gpu=card)]
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"memory_grid_{slug}.csv"
     with open(path, "w", newline="") as f:

@@ -14,8 +14,11 @@ from __future__ import annotations
 import textwrap
 from dataclasses import asdict, dataclass, field, replace
 
+from .errors import InvalidArgument
+from .memory_calibration import load_calibration
+from .memory_kernels import training_kernel
 from .memory_measure import StepSpec
-from .memory_moments import StepSizes, head_block, saved_per_layer, static_terms, step_moments
+from .memory_moments import StepSizes, head_block, saved_per_layer, static_terms, step_moments, worst_routing_sizes
 from .model import ModelConfig
 
 GiB = 2**30
@@ -42,11 +45,18 @@ ALLOCATOR_SLACK_FRACTION = 0.10
 
 @dataclass(frozen=True)
 class GPUCard:
-    """A GPU by its name and capacity; Hopper cards get a larger cuBLAS workspace."""
+    """A GPU by its name, capacity and CUDA compute capability (which attention kernels it runs, whether it has
+    bf16); Hopper cards get a larger cuBLAS workspace. ``capability=None``: unknown, taken as an A100-class 8.0."""
 
     name: str
     memory_mib: int
     hopper: bool = False
+    capability: tuple[int, int] | None = None
+
+    @property
+    def bf16(self) -> bool:
+        """Native bf16 arithmetic (Ampere, compute capability 8.0, and newer); older cards have fp16 only."""
+        return self.capability is None or self.capability >= (8, 0)
 
     @property
     def memory_bytes(self) -> int:
@@ -57,17 +67,25 @@ class GPUCard:
         return self.memory_mib / 1024
 
 
+# Compute capabilities from NVIDIA's CUDA GPU list: Volta 7.0, Turing 7.5, Ampere 8.0 (A100) / 8.6 (RTX 30, A10),
+# Ada 8.9 (RTX 40, L4), Hopper 9.0. The V100's capacities are the nominal 16 and 32 GiB (not checked on a card).
 GPU_PRESETS: dict[str, GPUCard] = {
-    "rtx-4060": GPUCard("RTX 4060 8GB", 8188),
-    "rtx-3060": GPUCard("RTX 3060 12GB", 12288),
-    "rtx-4070": GPUCard("RTX 4070 12GB", 12282),
-    "rtx-4080": GPUCard("RTX 4080 16GB", 16376),
-    "rtx-3090": GPUCard("RTX 3090 24GB", 24576),
-    "rtx-4090": GPUCard("RTX 4090 24GB", 24564),
-    "rtx-4090d": GPUCard("RTX 4090D 24GB", 24564),
-    "a100-40gb": GPUCard("A100 40GB", 40960),
-    "a100-80gb": GPUCard("A100 80GB", 81920),
-    "h100-80gb": GPUCard("H100 80GB", 81559, hopper=True),
+    "t4": GPUCard("T4 16GB (Colab)", 15360, capability=(7, 5)),
+    "v100-16gb": GPUCard("V100 16GB", 16384, capability=(7, 0)),
+    "v100-32gb": GPUCard("V100 32GB", 32768, capability=(7, 0)),
+    "rtx-4060": GPUCard("RTX 4060 8GB", 8188, capability=(8, 9)),
+    "rtx-3060": GPUCard("RTX 3060 12GB", 12288, capability=(8, 6)),
+    "rtx-4070": GPUCard("RTX 4070 12GB", 12282, capability=(8, 9)),
+    "rtx-4080": GPUCard("RTX 4080 16GB", 16376, capability=(8, 9)),
+    "rtx-3090": GPUCard("RTX 3090 24GB", 24576, capability=(8, 6)),
+    "rtx-4090": GPUCard("RTX 4090 24GB", 24564, capability=(8, 9)),
+    "rtx-4090d": GPUCard("RTX 4090D 24GB", 24564, capability=(8, 9)),
+    "a10": GPUCard("A10 24GB", 23028, capability=(8, 6)),
+    "l4": GPUCard("L4 24GB", 23034, capability=(8, 9)),
+    "a100-40gb": GPUCard("A100 40GB", 40960, capability=(8, 0)),
+    "a100-80gb": GPUCard("A100 80GB", 81920, capability=(8, 0)),
+    "h100-80gb": GPUCard("H100 80GB", 81559, hopper=True, capability=(9, 0)),
+    "h200": GPUCard("H200 141GB", 143771, hopper=True, capability=(9, 0)),
 }
 
 
@@ -76,11 +94,12 @@ def get_gpu(card: str | GPUCard | float) -> GPUCard:
     if isinstance(card, GPUCard):
         return card
     if isinstance(card, (int, float)):
-        if card <= 0:
-            raise ValueError(f"GPU memory must be positive, got {card} GB")
+        if not 0 < card < float("inf"):  # NaN fails both comparisons
+            raise InvalidArgument("gpu", f"must be a card's name or a positive size in GB, got {card:g}")
         return GPUCard(f"{card:g} GB GPU", int(card * 1024))
     if card not in GPU_PRESETS:
-        raise ValueError(f"unknown GPU {card!r}; choose one of: {', '.join(GPU_PRESETS)} (or give a size in GB)")
+        raise InvalidArgument("gpu", f"{card!r} is not a known GPU; choose one of: {', '.join(GPU_PRESETS)} "
+                              "(or give a size in GB)")
     return GPU_PRESETS[card]
 
 
@@ -94,7 +113,8 @@ EXPLANATIONS = {
     "optimizer_state": "AdamW keeps m and v (2 fp32 copies of the weights) and a step counter per tensor; "
                        "SGD momentum 1 copy",
     "low_precision_weights": "bf16/fp16 copies of the weight matrices made by autocast, saved for backward until used",
-    "activations": "tensors the blocks saved for backward (per layer: norms, q/k/v, attention, SwiGLU, residual)",
+    "activations": "tensors the blocks saved for backward (per layer: norms, QK-norm, q/k/v, attention, SwiGLU or "
+                   "router and experts, dropout masks, residual)",
     "head": "final norm, LM head input, fp32 log_softmax of the logits saved by cross-entropy",
     "transient": "buffers alive only at the peak moment (logits gradients, optimizer temporaries, ...)",
 }
@@ -126,6 +146,11 @@ class MemoryEstimate:
     transients: dict[str, int]
     phase_peaks: dict[str, int]
     overhead: dict[str, int] = field(default_factory=dict)
+    kernel: str = "flash"  # the attention kernel modelled: "naive", "flash", "efficient" or "math"
+    kernel_description: str = ""
+    # MoE: the peak if every token were routed to the same experts (the estimate assumes balanced routing)
+    worst_routing_peak_bytes: int | None = None
+    calibration: str = ""  # CUDA: how the overhead was calibrated on this machine's GPU ("" : the constants)
 
     @property
     def peak_bytes(self) -> int:
@@ -158,55 +183,66 @@ class MemoryEstimate:
 # --- the estimate -------------------------------------------------------------------------------------------
 def estimate(model_config: ModelConfig, batch_size: int, seq_len: int, *, precision: str = "bf16",
              optimizer: str = "adamw", attention: str | None = None, checkpointing: bool = False,
-             grad_accum_steps: int = 1, device: str = "cpu",
-             gpu: str | GPUCard | float | None = None) -> MemoryEstimate:
+             grad_accum_steps: int = 1, device: str = "cpu", gpu: str | GPUCard | float | None = None,
+             calibration: bool = True) -> MemoryEstimate:
     """:func:`estimate_step` with the step given as keywords (see :class:`StepSpec`)."""
     spec = StepSpec(batch_size, seq_len, precision, optimizer, attention, checkpointing, grad_accum_steps, device)
-    return estimate_step(model_config, spec, gpu)
+    return estimate_step(model_config, spec, gpu, calibration)
 
 
-def estimate_step(model_config: ModelConfig, spec: StepSpec,
-                  gpu: str | GPUCard | float | None = None) -> MemoryEstimate:
+def estimate_step(model_config: ModelConfig, spec: StepSpec, gpu: str | GPUCard | float | None = None,
+                  calibration: bool = True) -> MemoryEstimate:
     """The peak memory of the training step ``spec`` of ``model_config``: the largest of its moments.
 
     "adamw" is the course trainer's optimizer (``optim.make_optimizer``): the fused kernel where this torch
     has one for ``spec.device``, which makes no temporaries, else PyTorch's default. "adamw-fused",
     "adamw-foreach" (CUDA's default: sqrt(v) for every tensor at once) and "adamw-forloop" (CPU's default: one
     tensor at a time) model each kernel explicitly. ``spec.device="cuda"`` adds the framework overhead;
-    ``gpu`` (a card preset, a GPUCard or GB) selects Hopper's larger cuBLAS workspace.
+    ``gpu`` (a card preset, a GPUCard or GB) selects Hopper's larger cuBLAS workspace and, by its compute
+    capability, the attention kernel (:mod:`minimind_edu.memory_kernels`). Where ``minimind-edu memory
+    --calibrate`` has measured this machine's GPU (:mod:`minimind_edu.memory_calibration`), the CUDA overhead
+    is the measured one, unless ``calibration=False``.
     """
     cfg = model_config
     if spec.seq_len > cfg.max_position_embeddings:
         raise ValueError(f"seq_len must be between 1 and max_position_embeddings={cfg.max_position_embeddings}, "
                          f"got {spec.seq_len}")
-    if cfg.num_experts or cfg.qk_norm or cfg.dropout:
-        raise ValueError(
-            "estimate() models the dense MiniMind2 family (no MoE, no qk_norm, dropout 0); "
-            f"got num_experts={cfg.num_experts}, qk_norm={cfg.qk_norm}, dropout={cfg.dropout}: use measure() instead"
-        )
-    sizes = StepSizes(cfg, spec)
+    card = get_gpu(gpu) if gpu is not None else None
+    kernel = training_kernel(cfg, spec, card.capability if card is not None else None)
+    sizes = StepSizes(cfg, spec, kernel)
     static = static_terms(sizes)
     static_bytes = sum(static.values())
     moments = step_moments(sizes)
     alive = [static_bytes + sum(moment.terms.values()) for moment in moments]  # bytes alive at each moment
     peak = moments[alive.index(max(alive))]  # the first of equal moments on a tie
+    worst = None
+    if cfg.num_experts:
+        worst_sizes = worst_routing_sizes(sizes)
+        worst = static_bytes + max(sum(m.terms.values()) for m in step_moments(worst_sizes))
     phase_peaks: dict[str, int] = {}
     for moment, nbytes in zip(moments, alive):
         phase_peaks[moment.phase] = max(phase_peaks.get(moment.phase, 0), nbytes)
     overhead: dict[str, int] = {}
+    calibrated = ""
     if spec.device == "cuda":
-        hopper = gpu is not None and get_gpu(gpu).hopper
-        overhead = {"cuda_context": CUDA_CONTEXT_BYTES,
-                    "cublas_workspace": CUBLAS_WORKSPACE_HOPPER_BYTES if hopper else CUBLAS_WORKSPACE_BYTES,
+        hopper = card is not None and card.hopper
+        cal = load_calibration() if calibration else None
+        context, fraction = (cal.context_bytes, cal.allocator_slack_fraction) if cal else (CUDA_CONTEXT_BYTES,
+                                                                                          ALLOCATOR_SLACK_FRACTION)
+        workspace = (cal.cublas_workspace_bytes if cal else
+                     CUBLAS_WORKSPACE_HOPPER_BYTES if hopper else CUBLAS_WORKSPACE_BYTES)
+        overhead = {"cuda_context": context, "cublas_workspace": workspace,
                     # the peak's bytes beyond the step-long terms, as the comment at the top explains
-                    "allocator_slack": int(ALLOCATOR_SLACK_FRACTION * sum(peak.terms.values()))}
+                    "allocator_slack": int(fraction * sum(peak.terms.values()))}
+        calibrated = cal.describe() if cal else ""
     return MemoryEstimate(
         batch_size=spec.batch_size, seq_len=spec.seq_len, precision=spec.precision, optimizer=spec.optimizer,
         attention=spec.attention or cfg.attention, checkpointing=spec.checkpointing,
         grad_accum_steps=spec.grad_accum_steps, device=spec.device, num_parameters=sizes.parameters,
         peak_phase=peak.phase, terms={**static, **peak.terms}, activations_per_layer=saved_per_layer(sizes),
         head_block={**head_block(sizes), "lm_head_weight_copy": sizes.lm_head_cast}, transients=peak.transients,
-        phase_peaks=phase_peaks, overhead=overhead,
+        phase_peaks=phase_peaks, overhead=overhead, kernel=kernel.name, kernel_description=kernel.describe(),
+        worst_routing_peak_bytes=worst, calibration=calibrated,
     )
 
 

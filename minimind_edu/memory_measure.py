@@ -30,6 +30,7 @@ What a CPU measurement tells about a GPU, and what it does not:
 """
 from __future__ import annotations
 
+import os
 import time
 import weakref
 from collections.abc import Callable
@@ -78,6 +79,22 @@ class StepSpec:
             value = getattr(self, name)
             if value not in allowed and not (name == "attention" and value is None):
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def available_ram_bytes() -> int | None:
+    """Memory the kernel can give a new allocation without swapping: /proc/meminfo's MemAvailable (Linux), else
+    free pages times the page size (``os.sysconf``); None where neither can be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def default_device() -> str:
@@ -184,7 +201,7 @@ def measure(model_config: ModelConfig, batch_size: int, seq_len: int, *, precisi
 
 
 def measure_step(model_config: ModelConfig, spec: StepSpec, seed: int = 0,
-                 record_timeline: bool = False) -> Measurement:
+                 record_timeline: bool = False, tracker: StorageTracker | None = None) -> Measurement:
     """Run real training steps of MiniMind and measure the peak memory of the second one.
 
     The first step creates the optimizer state; the second is measured, phase by phase (forward, backward,
@@ -194,11 +211,12 @@ def measure_step(model_config: ModelConfig, spec: StepSpec, seed: int = 0,
     tell about a GPU); ``record_timeline`` keeps the live total after every operator. ``spec.optimizer``:
     "adamw" is the trainer's own (``optim.make_optimizer``, fused on CPU and CUDA), "adamw-fused" /
     "adamw-foreach" / "adamw-forloop" force one of PyTorch's AdamW kernels, "sgd" is SGD with momentum 0.9,
-    "none" skips the step.
+    "none" skips the step. ``tracker``: a CPU tracker to use (a subclass may ``attach(model, optimizer)`` to
+    watch more, as :mod:`minimind_edu.memory_timeline` does).
     """
     if spec.device == "cuda":
         return _measure_cuda(model_config, spec, seed)
-    return _measure_cpu(model_config, spec, seed, record_timeline)
+    return _measure_cpu(model_config, spec, seed, record_timeline, tracker)
 
 
 def _build(cfg: ModelConfig, spec: StepSpec, seed: int) -> tuple[ModelConfig, MiniMind, torch.optim.Optimizer | None]:
@@ -236,7 +254,8 @@ def _train_step(model: MiniMind, opt: torch.optim.Optimizer | None, scaler: torc
     model.zero_grad(set_to_none=True)
 
 
-def _measure_cpu(model_config: ModelConfig, spec: StepSpec, seed: int, record_timeline: bool) -> Measurement:
+def _measure_cpu(model_config: ModelConfig, spec: StepSpec, seed: int, record_timeline: bool,
+                 tracker: StorageTracker | None = None) -> Measurement:
     start = time.perf_counter()
     cfg, model, opt = _build(model_config, spec, seed)
     scaler = torch.amp.GradScaler("cpu") if spec.precision == "fp16" else None
@@ -245,7 +264,9 @@ def _measure_cpu(model_config: ModelConfig, spec: StepSpec, seed: int, record_ti
     targets = torch.randint(0, cfg.vocab_size, (spec.batch_size, spec.seq_len), generator=gen)
     _train_step(model, opt, scaler, ids, targets, spec, lambda _: None)
 
-    tracker = StorageTracker(record_timeline)
+    tracker = tracker or StorageTracker(record_timeline)
+    if hasattr(tracker, "attach"):
+        tracker.attach(model, opt)
     # what exists before the measured step starts: the batch, weights, RoPE tables, optimizer and scaler state
     tracker.watch(ids, targets, *model.parameters(), *model.buffers())
     for state in (opt.state.values() if opt is not None else ()):

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .memory_kernels import KernelChoice, training_kernel
 from .memory_measure import StepSpec
-from .model import ModelConfig, count_parameters, sdpa_reads_kv_unrepeated
+from .model import ModelConfig, count_parameters
 from .optim import adamw_implementation
 
 FP32, INT64 = 4, 8  # bytes per element
@@ -30,19 +31,21 @@ FP32, INT64 = 4, 8  # bytes per element
 
 # --- the sizes of a step ------------------------------------------------------------------------------------
 def layer_matrix_params(cfg: ModelConfig) -> int:
-    """Weights in one block's matrices (q, k, v, o and SwiGLU's three): what autocast casts for each block."""
+    """Weights in one block's matrices (q, k, v, o, SwiGLU's three; with MoE the router and every expert's):
+    what autocast casts for each block."""
     hidden, head_dim = cfg.hidden_size, cfg.head_dim
-    return 2 * hidden * (cfg.num_heads + cfg.num_kv_heads) * head_dim + 3 * hidden * cfg.intermediate_size
+    return 2 * hidden * (cfg.num_heads + cfg.num_kv_heads) * head_dim + count_parameters(cfg)["mlp_per_block"]
 
 
 class StepSizes:
     """Every size the moments of a step need, derived once from the model config and the step. Counts and
     widths are in elements; tensors (``fp32_*``, ``*_casts``, ``*_saved``, ``*_gradients``...) in bytes."""
 
-    def __init__(self, cfg: ModelConfig, spec: StepSpec):
+    def __init__(self, cfg: ModelConfig, spec: StepSpec, kernel: KernelChoice | None = None,
+                 worst_routing: bool = False):
         counts = count_parameters(cfg)
-        attention = spec.attention or cfg.attention
-        self.spec = spec
+        self.kernel = kernel or training_kernel(cfg, spec)
+        self.spec, self.cfg = spec, cfg
         self.batch, self.seq_len, self.tokens = spec.batch_size, spec.seq_len, spec.batch_size * spec.seq_len
         self.hidden, self.vocab, self.layers = cfg.hidden_size, cfg.vocab_size, cfg.num_layers
         self.heads, self.intermediate = cfg.num_heads, cfg.intermediate_size
@@ -50,22 +53,50 @@ class StepSizes:
         self.kv_width = cfg.num_kv_heads * cfg.head_dim  # k's and v's width as projected
         self.parameters, self.block_parameters = counts["total"], counts["per_block"]
         self.rope_tables = 2 * cfg.max_position_embeddings * cfg.head_dim * FP32  # cos and sin
-        # the embedding, 9 per block (7 matrices, 2 norms), the final norm, an untied LM head
-        self.weight_tensors = 1 + 9 * cfg.num_layers + 1 + (0 if cfg.tie_word_embeddings else 1)
-        self.naive, self.checkpointing, self.tied = attention == "naive", spec.checkpointing, cfg.tie_word_embeddings
+        # per block 4 attention matrices and 2 norms (+2 QK-norms), the SwiGLU's 3 matrices (MoE: 3 per expert
+        # and the router); the embedding, the final norm, an untied LM head
+        mlp_tensors = 3 * (cfg.num_experts + cfg.shared_experts) + 1 if cfg.num_experts else 3
+        self.weight_tensors = (1 + (6 + 2 * cfg.qk_norm + mlp_tensors) * cfg.num_layers + 1
+                               + (0 if cfg.tie_word_embeddings else 1))
+        # the norm gains: no weight decay, so not in AdamW's foreach group of matrices
+        self.vector_parameters = ((2 * cfg.hidden_size + 2 * cfg.qk_norm * cfg.head_dim) * cfg.num_layers
+                                  + cfg.hidden_size)
+        self.naive, self.checkpointing = self.kernel.name == "naive", spec.checkpointing
+        self.tied = cfg.tie_word_embeddings
+        self.math = self.kernel.name == "math"  # SDPA's fallback: fp32 T x T probabilities, as naive attention
         # bf16/fp16 autocast: matmuls in the low precision; weights, gradients and the residual stream stay fp32
         self.autocast = spec.precision != "fp32"
         self.compute_bytes = 2 if self.autocast else FP32  # bytes per element of the compute dtype
         # repeat_kv copies k and v to every query head (when there are fewer KV heads): naive attention does,
-        # sdpa does where it cannot read them unrepeated
-        self.kv_repeated = cfg.num_heads > cfg.num_kv_heads and (self.naive or not sdpa_reads_kv_unrepeated(cfg))
+        # sdpa does where no fused kernel reads them unrepeated
+        self.kv_repeated = cfg.num_heads > cfg.num_kv_heads and not self.kernel.grouped_kv
+        self.qk_norm, self.kv_heads = cfg.qk_norm, cfg.num_kv_heads
+        # QK-norm's output is fp32 under autocast (an fp32 gain times a bf16 tensor), so are q and k after RoPE
+        self.k_bytes = FP32 if cfg.qk_norm else self.compute_bytes
+        # dropout keeps a mask per element it drops: a float "noise" tensor of the input's dtype on the CPU
+        # (ATen's composite dropout), a bool mask on CUDA (the fused native_dropout)
+        self.dropout = cfg.dropout > 0
+        self.cuda = spec.device == "cuda"
+        self.mask_bytes = 1 if self.cuda else self.compute_bytes  # a mask over a low-precision (or fp32) tensor
+        self.embedding_dropout = self.tokens * self.hidden * (1 if self.cuda else FP32) if self.dropout else 0
+        # mixture of experts: routing slots per block (every token picks experts_per_token experts), and the
+        # most tokens one expert's SwiGLU sees: balanced routing, or all of them (the bound)
+        self.experts, self.top_k = cfg.num_experts, (cfg.experts_per_token if cfg.num_experts else 1)
+        self.shared = cfg.shared_experts if cfg.num_experts else 0
+        self.norm_topk_prob = cfg.norm_topk_prob
+        self.slots = self.tokens * self.top_k
+        balanced = -(-self.slots // self.experts) if self.experts else self.tokens
+        self.expert_tokens = self.tokens if worst_routing else balanced
+        self.ffn_tokens = max(self.expert_tokens, self.tokens if self.shared or not self.experts else 0)
+        self.mlp_parameters = counts["mlp_per_block"]
         self.fp32_hidden = self.tokens * self.hidden * FP32  # one fp32 tensor as wide as the residual stream
         self.fp32_vocab = self.tokens * self.vocab * FP32  # one fp32 tensor as wide as the logits
         self.score_elements = self.batch * self.heads * self.seq_len ** 2  # naive attention: T x T per head
         # autocast's low-precision copies of one block's weight matrices, and of the (tied) LM head's
         self.block_casts = layer_matrix_params(cfg) * self.compute_bytes if self.autocast else 0
         self.lm_head_cast = self.vocab * self.hidden * self.compute_bytes if self.autocast else 0
-        self.kv_presents = self.layers * 2 * self.tokens * self.kv_width * self.compute_bytes  # every block's (k, v)
+        # every block's (k, v) in the model's list of presents
+        self.kv_presents = self.layers * self.tokens * self.kv_width * (self.k_bytes + self.compute_bytes)
         self.all_gradients = self.parameters * FP32
         self.kept_gradients = self.all_gradients if spec.grad_accum_steps > 1 else 0  # alive through micro-steps
         self.head_gradients = (self.vocab * self.hidden + self.hidden) * FP32  # LM head and final norm: made first
@@ -73,12 +104,15 @@ class StepSizes:
         self.block_parts = _saved_by_one_block(self)
         self.block_saved = sum(self.block_parts.values())
         # With checkpointing a block keeps only its fp32 input and recomputes its insides in backward.
-        self.all_blocks_saved = self.layers * (self.fp32_hidden if self.checkpointing else self.block_saved)
+        # (and the embedding's dropout mask, alive until the embedding's backward, the step's last)
+        self.all_blocks_saved = (self.layers * (self.fp32_hidden if self.checkpointing else self.block_saved)
+                                 + self.embedding_dropout)
         # Inside the last block's backward: the blocks before it, and the block inputs still alive (the last
         # block's own, or with checkpointing every block's, the earlier blocks having saved nothing else).
         self.earlier_saved = 0 if self.checkpointing else (self.layers - 1) * self.block_saved
         self.earlier_casts = 0 if self.checkpointing else (self.layers - 1) * self.block_casts
-        self.block_inputs = self.layers * self.fp32_hidden if self.checkpointing else self.fp32_hidden
+        self.block_inputs = ((self.layers * self.fp32_hidden if self.checkpointing else self.fp32_hidden)
+                             + self.embedding_dropout)
 
 
 def _saved_by_one_block(s: StepSizes) -> dict[str, int]:
@@ -88,27 +122,69 @@ def _saved_by_one_block(s: StepSizes) -> dict[str, int]:
     # Both RMSNorms save rsqrt (1 fp32 per token) and the normalised fp32 tensor; in fp32 the linears that
     # follow save the norm's output too, under autocast they save their own low-precision casts instead.
     norms = 2 * (tokens * FP32 + s.fp32_hidden) + (0 if autocast else 2 * s.fp32_hidden)
+    parts = {"norms": norms}
+    if s.qk_norm:  # per head: q's and k's fp32 input, rsqrt and normalised output (cast back to their dtype)
+        parts["qk_norm"] = tokens * ((s.q_width + s.kv_width) * (FP32 + compute_bytes) + (s.heads + s.kv_heads) * FP32)
     # q after RoPE, and k, v: repeated to every head (repeat_kv copies) for naive attention, kept at
     # num_kv_heads when sdpa reads them with enable_gqa. Under autocast q, k and v each also save their own
-    # cast of the normed input.
+    # cast of the normed input. The math kernel saves fp32 copies of its own instead (below).
     kv_width = s.q_width if s.kv_repeated else s.kv_width
-    qkv = tokens * (s.q_width + 2 * kv_width) * compute_bytes + (3 * input_cast if autocast else 0)
+    casts = 3 * input_cast if autocast else 0
+    parts["qkv"] = casts + (0 if s.math else tokens * (s.q_width + 2 * kv_width) * compute_bytes)
     output = tokens * s.q_width * compute_bytes  # attention's output, heads side by side
+    scores = s.score_elements
     if s.naive:  # causal mask (bool), fp32 softmax probabilities (and their cast), the re-laid-out output
-        probabilities = s.score_elements * FP32 + (s.score_elements * compute_bytes if autocast else 0)
+        probabilities = scores * FP32 + (scores * compute_bytes if autocast else 0)
         attention = s.seq_len ** 2 + probabilities + output
+        if s.dropout:  # its mask over the probabilities (the dropped ones take the place of their cast)
+            attention += scores * s.mask_bytes
+    elif s.math:  # fp32 q (scaled), k and v at every head, fp32 probabilities, the re-laid-out output
+        attention = 3 * tokens * s.q_width * FP32 + scores * FP32 + output
+        if s.dropout:  # the dropout mask over the probabilities and the dropped fp32 probabilities
+            attention += scores * ((1 if s.cuda else FP32) + FP32)
     else:  # the fused kernel saves its output and one fp32 log-sum-exp per head and query
-        attention = output + tokens * s.heads * FP32
-    # gate, silu(gate), up, silu(gate) * up; under autocast gate and up each save a cast of their input.
-    swiglu = 4 * tokens * s.intermediate * compute_bytes + (2 * input_cast if autocast else 0)
-    residual = 2 * s.fp32_hidden  # the fp32 residual stream entering each norm
-    return {"norms": norms, "qkv": qkv, "attention": attention, "swiglu": swiglu, "residual": residual}
+        queries = -(-s.seq_len // 32) * 32 if s.kernel.name == "efficient" else s.seq_len  # padded to 32
+        attention = output + s.batch * queries * s.heads * FP32
+    parts["attention"] = attention
+    if s.dropout:  # after the output projection and after the feed-forward (every expert's, with MoE)
+        ffn_outputs = s.tokens * s.shared + s.slots if s.experts else s.tokens
+        parts["dropout"] = (tokens + ffn_outputs) * s.hidden * s.mask_bytes
+    if s.experts:
+        parts.update(_moe_saved(s, input_cast))
+    else:
+        # gate, silu(gate), up, silu(gate) * up; under autocast gate and up each save a cast of their input.
+        parts["swiglu"] = 4 * tokens * s.intermediate * compute_bytes + (2 * input_cast if autocast else 0)
+    parts["residual"] = 2 * s.fp32_hidden  # the fp32 residual stream entering each norm
+    return parts
+
+
+def _moe_saved(s: StepSizes, input_cast: int) -> dict[str, int]:
+    """What one mixture-of-experts block saves beyond attention: the router and the experts. Each routed
+    expert saves the same tensors per token as a SwiGLU, for the tokens sent to it; every token fills
+    ``experts_per_token`` slots, so their sum does not depend on how the router balances them."""
+    cb, autocast, slots, tokens = s.compute_bytes, s.autocast, s.slots, s.tokens
+    # the router: its input's cast, fp32 probabilities, the chosen experts' ids (int64) and, renormalised, the
+    # chosen probabilities and their sum, and the slot fractions of the balancing loss
+    router = ((input_cast if autocast else 0) + tokens * s.experts * FP32 + slots * INT64
+              + (tokens * FP32 + slots * FP32 if s.norm_topk_prob else 0)
+              + s.experts * FP32 * (s.batch if s.cfg.aux_loss_per_sequence else 1))
+    # per slot: its (token, slot) index pair, the gathered input (fp32; under autocast a cast for gate and one
+    # for up), the SwiGLU's 4 tensors, the expert's output, its router weight and the weighted fp32 output
+    gathered = 2 * s.hidden * cb if autocast else s.hidden * FP32
+    routed = slots * (2 * INT64 + gathered + 4 * s.intermediate * cb + s.hidden * cb + FP32 + s.hidden * FP32)
+    shared = s.shared * (4 * tokens * s.intermediate * cb + (2 * input_cast if autocast else 0))
+    return {"router": router, "experts": routed + shared}
 
 
 def layer_activations(cfg: ModelConfig, batch_size: int, seq_len: int, precision: str = "bf16",
                       attention: str | None = None) -> dict[str, int]:
     """Bytes one block saves for backward (no checkpointing), by part. Names match model.py."""
     return StepSizes(cfg, StepSpec(batch_size, seq_len, precision, attention=attention)).block_parts
+
+
+def worst_routing_sizes(s: StepSizes) -> StepSizes:
+    """The same step with every token routed to the same experts: the bound on an MoE step's peak."""
+    return StepSizes(s.cfg, s.spec, s.kernel, worst_routing=True)
 
 
 def saved_per_layer(s: StepSizes) -> dict[str, int]:
@@ -162,8 +238,9 @@ def _forward_end(s: StepSizes) -> Moment:
     # Inside cross-entropy: the logits, their fp32 copy (autocast only) and log_softmax. Autocast's cache still
     # holds every block's weight casts (with checkpointing too), and the model's list of presents every block's
     # (k, v) until forward returns: extra bytes where attention saved repeated copies instead, or, with
-    # checkpointing, saved nothing (sdpa reading k and v unrepeated saves the very tensors the list holds).
-    presents = s.kv_presents if s.kv_repeated or s.checkpointing else 0
+    # checkpointing, saved nothing (sdpa reading k and v unrepeated saves the very tensors the list holds, but
+    # for k after QK-norm under autocast: fp32 in the list, its low-precision cast in the kernel).
+    presents = _presents_not_saved(s)
     transients = {"logits": s.tokens * s.vocab * s.compute_bytes, "logits_fp32_copy": s.fp32_vocab if s.autocast else 0,
                   "kv_presents": presents}
     return Moment("forward", "forward's end, in cross-entropy", s.kept_gradients,
@@ -185,23 +262,35 @@ def _naive_softmax(s: StepSizes) -> list[Moment]:
     and the first block's backward (the first runs with every later gradient made, and with checkpointing it
     is often the larger), each preceded with checkpointing by the block's recomputed forward."""
     scores, compute_bytes = s.score_elements, s.compute_bytes
-    # the gradients a block makes before its attention's: norm2's, SwiGLU's and the output projection's
-    own_gradients = (s.hidden + 3 * s.hidden * s.intermediate + s.hidden * s.q_width) * FP32
+    # the gradients a block makes before its attention's: norm2's, the feed-forward's and the output projection's
+    own_gradients = (s.hidden + s.mlp_parameters + s.hidden * s.q_width) * FP32
     # What a block still holds when its backward reaches attention: norm1's tensors, the q/k/v tensors (v's
-    # gradient takes v's place), under autocast the casts of norm1's output for q, k and v, and the mask.
+    # gradient takes v's place; the math kernel's are fp32 copies), under autocast the casts of norm1's output
+    # for q, k and v, naive attention's mask and QK-norm's tensors (the attention dropout's mask is used, and
+    # freed, before the softmax's backward runs).
     norm1 = s.tokens * FP32 + s.fp32_hidden + (0 if s.autocast else s.fp32_hidden)
     input_casts = 3 * s.tokens * s.hidden * compute_bytes if s.autocast else 0
-    at_attention = norm1 + 3 * s.tokens * s.q_width * compute_bytes + input_casts + s.seq_len ** 2
+    qkv = 3 * s.tokens * s.q_width * (FP32 if s.math else compute_bytes)
+    at_attention = norm1 + qkv + input_casts + (0 if s.math else s.seq_len ** 2) + s.block_parts.get("qk_norm", 0)
     qkv_casts = (s.hidden * s.q_width + 2 * s.hidden * s.kv_width) * compute_bytes if s.autocast else 0
-    # the masked scores (and their fp32 copy under autocast) and the softmax output
-    softmax = {"scores": scores * compute_bytes, "scores_fp32": scores * FP32 if s.autocast else 0,
-               "probs": scores * FP32}
+    # the masked scores (naive: in the compute dtype, and their fp32 copy under autocast; math: fp32, with its
+    # fp32 causal bias) and the softmax output
+    # (with dropout, the math kernel's mask and dropped probabilities beside them, in forward and in backward)
+    math_dropout = scores * (1 if s.cuda else FP32) if s.math and s.dropout else 0
+    if math_dropout:
+        softmax = {"probs": scores * FP32, "dropout_mask": math_dropout, "dropped_probs": scores * FP32,
+                   "causal_bias": s.seq_len ** 2 * FP32}
+    elif s.math:
+        softmax = {"scores": scores * FP32, "causal_bias": s.seq_len ** 2 * FP32, "probs": scores * FP32}
+    else:
+        softmax = {"scores": scores * compute_bytes, "scores_fp32": scores * FP32 if s.autocast else 0,
+                   "probs": scores * FP32}
     # In forward the presents list holds every block's (k, v), counted where repeat_kv made the copies that
     # attention saved (not for checkpointing alone, unlike at forward's end); autocast's fp32 norm output is
     # still an argument.
     moments = [Moment("forward", "last block's softmax", s.kept_gradients, s.earlier_casts + qkv_casts,
                       s.earlier_saved + s.block_inputs + at_attention, 0,
-                      {**softmax, "kv_presents": s.kv_presents if s.kv_repeated else 0,
+                      {**softmax, "kv_presents": _presents_not_saved(s, checkpointing=False),
                        "norm_output": s.fp32_hidden if s.autocast else 0})]
     for block, gradients_before, earlier_saved, earlier_casts, block_inputs in (
         ("last", s.head_gradients, s.earlier_saved, s.earlier_casts, s.block_inputs),
@@ -212,7 +301,7 @@ def _naive_softmax(s: StepSizes) -> list[Moment]:
                               max(s.kept_gradients, gradients_before + own_gradients), earlier_casts + qkv_casts,
                               earlier_saved + block_inputs + at_attention + scores * FP32, 0,
                               {"probs_grad": scores * FP32, "softmax_grad": scores * FP32,
-                               "residual_grad": s.fp32_hidden}))
+                               "residual_grad": s.fp32_hidden, "dropout_mask": math_dropout}))
         if s.checkpointing:  # the block's forward recomputed up to its softmax, before the block has gradients
             moments.append(Moment("backward", f"{block} block's recomputed softmax",
                                   max(s.kept_gradients, gradients_before), qkv_casts, block_inputs + at_attention,
@@ -223,7 +312,8 @@ def _naive_softmax(s: StepSizes) -> list[Moment]:
 def _swiglu_backward(s: StepSizes) -> list[Moment]:
     """SwiGLU's backward (gradients of its product, silu and gate, all intermediate-sized) in the last block,
     the first to run, and in the first block, the last to run, when every later gradient exists."""
-    in_flight = {"swiglu_grads": 3 * s.tokens * s.intermediate * s.compute_bytes, "residual_grad": s.fp32_hidden}
+    # (with MoE: of the expert that sees the most tokens, one expert's backward running at a time)
+    in_flight = {"swiglu_grads": 3 * s.ffn_tokens * s.intermediate * s.compute_bytes, "residual_grad": s.fp32_hidden}
     # The last block's activations are all alive (with checkpointing recomputed, but for its input, which is
     # among the block inputs). An approximation: without checkpointing its input is counted twice, among the
     # block inputs and in its residual part.
@@ -252,7 +342,7 @@ def _optimizer_step(s: StepSizes) -> list[Moment]:
     if optimizer.startswith("adamw"):
         kernel = adamw_implementation(s.spec.device) if optimizer == "adamw" else optimizer.removeprefix("adamw-")
         if kernel == "foreach":  # sqrt(v) for every tensor of a parameter group at once: the matrices' group,
-            temporaries = {"adamw_sqrt_v": (s.parameters - (2 * s.layers + 1) * s.hidden) * FP32}  # not the norms
+            temporaries = {"adamw_sqrt_v": (s.parameters - s.vector_parameters) * FP32}  # not the norms
         elif kernel == "forloop":  # one tensor at a time: sqrt(v) and sqrt(v)/bias_correction of the largest
             largest = max(s.vocab * s.hidden, s.hidden * s.intermediate, s.hidden * s.q_width)
             temporaries = {"adamw_sqrt_v": 2 * largest * FP32}
@@ -260,7 +350,16 @@ def _optimizer_step(s: StepSizes) -> list[Moment]:
     return [Moment("optimizer", f"{optimizer} step", s.all_gradients, 0, 0, 0, temporaries)]
 
 
+def _presents_not_saved(s: StepSizes, checkpointing: bool = True) -> int:
+    """Bytes of the presents list (every block's k and v) that no backward saves as the very same tensor
+    (``checkpointing=False``: as if the blocks had saved their tensors, inside a block's forward)."""
+    if s.kv_repeated or (checkpointing and s.checkpointing) or s.math:
+        return s.kv_presents
+    return s.layers * s.tokens * s.kv_width * FP32 if s.qk_norm and s.autocast else 0
+
+
 def step_moments(s: StepSizes) -> list[Moment]:
     """The moments of one training step that can hold its peak; on a tie the one listed first is the peak."""
-    return ([_forward_end(s), _backward_start(s)] + (_naive_softmax(s) if s.naive else []) + _swiglu_backward(s)
+    return ([_forward_end(s), _backward_start(s)] + (_naive_softmax(s) if s.kernel.quadratic else [])
+            + _swiglu_backward(s)
             + [_backward_end(s)] + _optimizer_step(s))

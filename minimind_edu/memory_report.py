@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .memory import GPUCard, MemoryEstimate, MiB, estimate_step, format_table, get_gpu, largest_batch_for
-from .memory_measure import Measurement, StepSpec, default_device, measure_step
+from .errors import InvalidArgument
+from .memory import GiB, GPUCard, MemoryEstimate, MiB, estimate_step, format_table, get_gpu, largest_batch_for
+from .memory_measure import Measurement, StepSpec, available_ram_bytes, default_device, measure_step
 from .model import ModelConfig
 
 
@@ -43,7 +44,13 @@ class MemoryReport:
         lines = [f"{self.model_name} ({est.num_parameters:,} parameters), batch {spec.batch_size} x {spec.seq_len} "
                  f"tokens, {spec.precision}, {est.attention} attention, optimizer {spec.optimizer}"
                  + (", checkpointing" if spec.checkpointing else ""),
-                 format_table(est, m.peak_bytes if m and m.fits else None)]
+                 format_table(est, m.peak_bytes if m and m.fits else None),
+                 f"attention: {est.kernel_description}" + (f" on {self.gpu.name}" if self.gpu else "")]
+        if est.worst_routing_peak_bytes is not None:
+            lines.append(f"MoE routing: the estimate assumes balanced experts; if every token chose the same ones, "
+                         f"the peak would be {est.worst_routing_peak_bytes / MiB:.1f} MiB (a bound)")
+        if est.calibration:
+            lines.append(f"CUDA overhead: {est.calibration}")
         if m is not None and not m.fits:
             lines.append(f"measured on {m.device}: {m.error}")
         elif m is not None:
@@ -56,6 +63,16 @@ class MemoryReport:
         return "\n".join(lines)
 
 
+def refuse_if_it_cannot_fit_in_ram(estimated_bytes: int) -> None:
+    """Refuse (``InvalidArgument("measure", ...)``) a CPU measurement whose estimate exceeds the RAM available
+    now: it would swap, or be killed by the kernel's out-of-memory killer, instead of answering."""
+    free = available_ram_bytes()
+    if free is not None and estimated_bytes > free:
+        raise InvalidArgument("measure", f"refused: the step is estimated at {estimated_bytes / GiB:.1f} GiB but this "
+                              f"machine has {free / GiB:.1f} GiB of RAM available; choose a smaller batch, "
+                              "sequence or model to measure")
+
+
 def memory_report(model_config: ModelConfig, spec: StepSpec, gpu: str | GPUCard | float | None = None,
                   measure: bool = False, model_name: str = "model") -> MemoryReport:
     """Estimate ``spec``, for CUDA when a ``gpu`` card (a preset name, a GPUCard or GB) is given; measure it on
@@ -64,6 +81,34 @@ def memory_report(model_config: ModelConfig, spec: StepSpec, gpu: str | GPUCard 
     if card is not None:
         spec = replace(spec, device="cuda")
     est = estimate_step(model_config, spec, card)
-    measured = measure_step(model_config, replace(spec, device=default_device())) if measure else None
+    measured = None
+    if measure:
+        here = replace(spec, device=default_device())
+        if here.device == "cpu":
+            refuse_if_it_cannot_fit_in_ram(estimate_step(model_config, here).peak_bytes)
+        measured = measure_step(model_config, here)
     largest = largest_batch_for(model_config, spec, card) if card is not None else None
     return MemoryReport(model_name, spec, est, measured, card, largest)
+
+
+def save_timeline(model_config: ModelConfig, spec: StepSpec, path: str, model_name: str = "model") -> str:
+    """Record one CPU step's memory timeline (:mod:`minimind_edu.memory_timeline`), save it as a picture at
+    ``path``, and say where and what its peak was."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .memory_timeline import plot_timeline, record_timeline
+
+    cpu = replace(spec, device="cpu")
+    refuse_if_it_cannot_fit_in_ram(estimate_step(model_config, cpu).peak_bytes)
+    timeline = record_timeline(model_config, cpu)
+    fig, ax = plt.subplots(figsize=(11, 5))
+    plot_timeline(timeline, ax, f"{model_name}: batch {spec.batch_size} x {spec.seq_len}, {spec.precision}, "
+                  "memory after every operator of one training step (CPU)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return (f"timeline of {len(timeline.ops)} operators saved to {path}; its peak {timeline.peak / MiB:.1f} MiB is "
+            "the measured peak")

@@ -9,7 +9,7 @@ The architecture follows jingyaogong/minimind (MiniMind2 and MiniMind3); the par
 Hugging Face's Llama/Qwen3 so that :mod:`minimind_edu.hf` can export to ``transformers`` without renaming
 tricks beyond a prefix.
 
-The whole model is one file (a little over 400 lines) on purpose, as in nanoGPT: it imports nothing from the
+The whole model is one file (under 500 lines) on purpose, as in nanoGPT: it imports nothing from the
 rest of the package, so it can be read top to bottom, copied and reused on its own.
 """
 from __future__ import annotations
@@ -53,7 +53,11 @@ class ModelConfig:
     num_experts: int = 0
     experts_per_token: int = 2
     shared_experts: int = 1
+    # The load-balancing loss: the course adds 0.1 x its value over the whole batch; MiniMind2 averaged it per
+    # sequence with 0.01, MiniMind3 takes 5e-4 over the batch (the presets below carry upstream's values).
     aux_loss_coef: float = 0.1
+    aux_loss_per_sequence: bool = False
+    norm_topk_prob: bool = True  # renormalise the chosen experts' router probabilities to sum to 1
     attention: str = "sdpa"  # "sdpa" (fused, memory linear in T) or "naive" (explicit T x T scores)
     bos_token_id: int = 1
     eos_token_id: int = 2
@@ -119,12 +123,18 @@ PRESETS: dict[str, ModelConfig] = {
     # MiniMind2-MoE, "145M" in total, about 2 of 4 routed experts + 1 shared active per token.
     "minimind2-moe": ModelConfig(
         hidden_size=640, num_layers=8, num_heads=8, num_kv_heads=2,
-        num_experts=4, experts_per_token=2, shared_experts=1,
+        num_experts=4, experts_per_token=2, shared_experts=1, aux_loss_coef=0.01, aux_loss_per_sequence=True,
     ),
     # MiniMind3 (Qwen3-style): QK-norm, 4 KV heads, SwiGLU size ceil(pi * hidden / 64) * 64.
     "minimind3": ModelConfig(
         hidden_size=768, num_layers=8, num_heads=8, num_kv_heads=4, qk_norm=True,
         intermediate_size=_swiglu_size_minimind3(768), rms_norm_eps=1e-6,
+    ),
+    # MiniMind3-MoE, "198M-A64M": MiniMind3 with 4 routed experts, top-1, no shared expert (Qwen3-MoE style).
+    "minimind3-moe": ModelConfig(
+        hidden_size=768, num_layers=8, num_heads=8, num_kv_heads=4, qk_norm=True,
+        intermediate_size=_swiglu_size_minimind3(768), rms_norm_eps=1e-6,
+        num_experts=4, experts_per_token=1, shared_experts=0, aux_loss_coef=5e-4,
     ),
     # The course's CPU model: small enough that notebook 05 / `make pretrain` learns visibly on 2 cores.
     "course-cpu": ModelConfig(hidden_size=256, num_layers=4, num_heads=8, num_kv_heads=2, max_position_embeddings=2048),
@@ -193,9 +203,34 @@ SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
 
 
 def sdpa_reads_kv_unrepeated(cfg: ModelConfig) -> bool:
-    """True when ``attention="sdpa"`` hands k and v to the kernel at ``num_kv_heads`` (``enable_gqa``),
-    so no repeated copy is made or saved for backward; False when there is nothing to repeat or torch is old."""
+    """True when ``attention="sdpa"`` may hand k and v to the kernel at ``num_kv_heads`` (``enable_gqa``), so
+    no repeated copy is made or saved for backward; False when there is nothing to repeat or torch is old.
+    Each call still checks :func:`flash_attention_accepts` on CUDA."""
     return cfg.num_heads > cfg.num_kv_heads and SDPA_HAS_GQA
+
+
+def flash_attention_accepts(dtype: torch.dtype, capability: tuple[int, int], head_dim: int,
+                            dropout: float = 0.0, training: bool = True) -> bool:
+    """Whether PyTorch's CUDA flash-attention kernel runs a causal, mask-free call: fp16/bf16, a GPU of compute
+    capability 8.0 to 12.1, head_dim <= 256, and for training on sm86/sm89/sm120 head_dim <= 192 (or above 224
+    without dropout). On CUDA it is the only kernel that reads grouped k and v (``enable_gqa``): when it
+    cannot run, the model repeats k and v so that the memory-efficient kernel can, instead of the math kernel
+    that would hold every T x T score (PyTorch falls back to it silently)."""
+    if dtype not in (torch.float16, torch.bfloat16) or not (8, 0) <= capability <= (12, 1) or head_dim > 256:
+        return False
+    if training and ((8, 6) <= capability <= (8, 9) or capability >= (12, 0)):
+        return head_dim <= 192 or (head_dim > 224 and dropout == 0.0)
+    return True
+
+
+def _grouped_kv_for_this_call(q: torch.Tensor, dropout_p: float, training: bool, masked: bool) -> bool:
+    if q.device.type != "cuda":  # the CPU's fused kernel reads grouped heads, masked too (dropout: math anyway)
+        return True
+    if masked:  # flash takes no mask; the memory-efficient kernel does, with repeated k and v
+        return False
+    dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else q.dtype
+    return flash_attention_accepts(dtype, torch.cuda.get_device_capability(q.device), q.shape[-1], dropout_p,
+                                   training)
 
 
 KVPair = tuple[torch.Tensor, torch.Tensor]  # one layer's (keys, values), each (B, kv_heads, T_so_far, head_dim)
@@ -238,8 +273,10 @@ class Attention(nn.Module):
         dropout_p = self.dropout if self.training else 0.0
         if self.implementation == "sdpa":
             # enable_gqa: the kernel reads each KV head for its whole group of query heads, so no repeated
-            # copy of k and v is made (or kept alive for backward). Same forward values as repeat_kv.
-            gqa = {"enable_gqa": True} if self.gqa_kernel else {}
+            # copy of k and v is made (or kept alive for backward). Same forward values as repeat_kv. Only
+            # where a fused kernel takes it (see flash_attention_accepts), and not with the decoding mask.
+            grouped = self.gqa_kernel and _grouped_kv_for_this_call(q, dropout_p, self.training, t_past > 0)
+            gqa = {"enable_gqa": True} if grouped else {}
             k_all, v_all = (k, v) if gqa else (repeat_kv(k, n_rep), repeat_kv(v, n_rep))
             if t_past == 0:
                 y = F.scaled_dot_product_attention(q, k_all, v_all, is_causal=t > 1, dropout_p=dropout_p, **gqa)
@@ -287,12 +324,16 @@ class MoEFeedForward(nn.Module):
     ``num_experts * sum_i f_i * P_i``, where ``f_i`` is the fraction of routing slots sent to expert ``i`` and
     ``P_i`` the mean router probability of expert ``i``. It equals 1.0 when routing is perfectly balanced
     and grows towards ``num_experts / experts_per_token`` as routing collapses onto the same experts.
-    The model adds ``aux_loss_coef * aux_loss`` (summed over layers) to the training loss.
+    The model adds ``aux_loss_coef * aux_loss`` (summed over layers) to the training loss. With
+    ``aux_loss_per_sequence`` (MiniMind2) ``f`` and ``P`` are taken per sequence and the losses averaged;
+    otherwise over the whole batch (MiniMind3, whose top-1 formula is this one). ``norm_topk_prob=False``
+    weights each chosen expert by its raw router probability instead of renormalising the chosen ones.
     """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.num_experts, self.top_k = cfg.num_experts, cfg.experts_per_token
+        self.norm_topk_prob, self.aux_per_sequence = cfg.norm_topk_prob, cfg.aux_loss_per_sequence
         self.gate = nn.Linear(cfg.hidden_size, cfg.num_experts, bias=False)
         self.experts = nn.ModuleList(FeedForward(cfg) for _ in range(cfg.num_experts))
         self.shared_experts = nn.ModuleList(FeedForward(cfg) for _ in range(cfg.shared_experts))
@@ -304,7 +345,9 @@ class MoEFeedForward(nn.Module):
         flat = x.reshape(-1, h)
         probs = F.softmax(self.gate(flat).float(), dim=-1)  # (N, E)
         topk_p, topk_idx = probs.topk(self.top_k, dim=-1)
-        topk_p = (topk_p / topk_p.sum(-1, keepdim=True)).to(x.dtype)  # renormalise over the chosen experts
+        if self.norm_topk_prob:  # renormalise over the chosen experts (with top-1: weight 1)
+            topk_p = topk_p / topk_p.sum(-1, keepdim=True)
+        topk_p = topk_p.to(x.dtype)
         self.last_topk_idx = topk_idx.detach()
         out = torch.zeros_like(flat)
         for e, expert in enumerate(self.experts):
@@ -313,8 +356,12 @@ class MoEFeedForward(nn.Module):
                 out.index_add_(0, token_pos, expert(flat[token_pos]) * topk_p[token_pos, slot, None])
         for shared in self.shared_experts:
             out = out + shared(flat)
-        slot_fraction = F.one_hot(topk_idx, self.num_experts).float().sum(1).mean(0) / self.top_k
-        self.aux_loss = self.num_experts * (slot_fraction * probs.mean(0)).sum()
+        slots = F.one_hot(topk_idx, self.num_experts).float().sum(1)  # (N, E): a token's slots per expert
+        if self.aux_per_sequence:  # MiniMind2: the loss of each sequence's own routing, averaged
+            slot_fraction, mean_p = slots.view(b, t, -1).mean(1) / self.top_k, probs.view(b, t, -1).mean(1)
+            self.aux_loss = self.num_experts * (slot_fraction * mean_p).sum(-1).mean()
+        else:
+            self.aux_loss = self.num_experts * (slots.mean(0) / self.top_k * probs.mean(0)).sum()
         return out.view(b, t, h)
 
 

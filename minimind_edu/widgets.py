@@ -11,7 +11,8 @@ import io
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from .memory import GPU_PRESETS, GiB, MemoryEstimate, estimate, get_gpu, largest_batch
+from .memory import GPU_PRESETS, GiB, MemoryEstimate, MiB, estimate, get_gpu, largest_batch
+from .memory_inference import generation_memory, kv_cache_bytes
 from .memory_measure import measure
 from .model import ModelConfig, get_preset
 
@@ -84,8 +85,20 @@ def fit_text(state: ExplorerState) -> str:
     best = largest_batch(state.config(), state.seq_len, card, precision=state.precision,
                          checkpointing=state.checkpointing)
     verdict = "fits" if est.fits(card) else "does NOT fit"
+    calibrated = "; CUDA overhead " + est.calibration if est.calibration else ""
     return (f"batch {state.batch} x {state.seq_len}: {est.total_with_overhead / GiB:.1f} GiB -> {verdict} on "
-            f"{card.name}; largest batch that fits: {best} (peak in {est.peak_phase})")
+            f"{card.name}; largest batch that fits: {best} (peak in {est.peak_phase}); attention: "
+            f"{est.kernel_description}{calibrated}")
+
+
+def generation_text(state: ExplorerState) -> str:
+    """Generation at this batch and context length, the weights in the slider's precision: the KV cache and the
+    peak of the last decoding step (:mod:`minimind_edu.memory_inference`)."""
+    cfg = state.config()
+    cache = kv_cache_bytes(cfg, state.batch, state.seq_len, state.precision)
+    peak = generation_memory(cfg, state.batch, state.seq_len, state.precision)["total"]
+    return (f"generating {state.batch} x {state.seq_len} tokens ({state.precision} weights): KV cache "
+            f"{cache / MiB:.1f} MiB, peak {peak / GiB:.2f} GiB (the course's torch.cat cache is held twice)")
 
 
 AXES = (("batch", "batch size"), ("seq_len", "sequence length (tokens)"), ("layers", "layers"))
@@ -186,7 +199,9 @@ def update(fig: Figure, state: ExplorerState, measured: list[tuple[ExplorerState
     text = fit_text(state)
     if artists["title"] is not None:
         artists["title"].set_text(text)
-    return {**data, "breakdown": parts, "capacity": cap, "fit_text": text}
+    est = state.estimate()
+    return {**data, "breakdown": parts, "capacity": cap, "fit_text": text, "kernel": est.kernel,
+            "generation_text": generation_text(state)}
 
 
 def render_png(fig: Figure) -> bytes:
@@ -250,6 +265,7 @@ class MemoryExplorer:
         }
         self.measure_button = w.Button(description="measure this point", tooltip="run real training steps here")
         self.fit_label = w.Label()
+        self.generation_label = w.Label()
         self.status = w.Label()
         self.measured: list[tuple[ExplorerState, float]] = []
         # max_width: in a narrow notebook the picture shrinks to fit instead of being cut off
@@ -264,7 +280,8 @@ class MemoryExplorer:
         self.measure_button.on_click(self._on_measure)
         sliders = list(self.sliders.values())
         self.widget = w.VBox([w.HBox([w.VBox(sliders[:4]), w.VBox(sliders[4:])]),
-                              w.HBox([self.measure_button, self.status]), self.fit_label, self.legend,
+                              w.HBox([self.measure_button, self.status]), self.fit_label,
+                              self.generation_label, self.legend,
                               self.image])
         self.redraw()
 
@@ -278,6 +295,7 @@ class MemoryExplorer:
         else:
             self.plot_data = update(self.figure, self.state, self.measured)
         self.fit_label.value = self.plot_data["fit_text"]
+        self.generation_label.value = self.plot_data["generation_text"]
         self.legend.value = legend_html(self.plot_data["breakdown"])
         self.image.value = render_png(self.figure)
 

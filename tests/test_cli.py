@@ -25,6 +25,8 @@ PRESETS_TABLE = [
      "no", "4 (top-2, +1 shared)"],
     ["minimind3", "63,912,192", "4,915,200", "7,374,528", "768", "8", "8/4", "96", "2432", "6400", "32768",
      "yes", "-"],
+    ["minimind3-moe", "198,416,640", "4,915,200", "24,187,584", "768", "8", "8/4", "96", "2432", "6400", "32768",
+     "yes", "4 (top-1, +0 shared)"],
     ["course-cpu", "4,458,752", "1,638,400", "705,024", "256", "4", "8/2", "32", "704", "6400", "2048", "no", "-"],
     ["tiny", "508,224", "409,600", "49,280", "64", "2", "4/2", "16", "192", "6400", "512", "no", "-"],
 ]
@@ -42,7 +44,7 @@ def test_presets_json(capsys):
     rows = json.loads(capsys.readouterr().out)
     assert [(r["preset"], r["total"]) for r in rows] == [
         ("minimind2-small", 25_829_888), ("minimind2", 104_030_976), ("minimind2-moe", 145_029_760),
-        ("minimind3", 63_912_192), ("course-cpu", 4_458_752), ("tiny", 508_224),
+        ("minimind3", 63_912_192), ("minimind3-moe", 198_416_640), ("course-cpu", 4_458_752), ("tiny", 508_224),
     ]
     assert rows[0] == {
         "preset": "minimind2-small", "total": 25_829_888, "embedding": 3_276_800, "per_block": 2_819_072,

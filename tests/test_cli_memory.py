@@ -63,7 +63,48 @@ def test_bad_arguments_exit_2(capsys):
     assert main(["memory", "--preset", "tiny", "--batch", "0", "--seq", "32"]) == 2
     assert "batch_size" in capsys.readouterr().err
     assert main(["memory", "--preset", "tiny", "--batch", "1", "--seq", "32", "--gpu", "rtx-9999"]) == 2
-    assert "unknown GPU" in capsys.readouterr().err
+    assert "--gpu 'rtx-9999' is not a known GPU" in capsys.readouterr().err
+
+
+def test_a_gpu_size_that_is_not_a_positive_number_is_one_line_naming_gpu(capsys):
+    for bad in ("inf", "nan", "0", "-3", "-inf"):
+        # --gpu=VALUE: argparse would read "--gpu -3" as a missing value followed by an option
+        assert main(["memory", "--preset", "tiny", "--batch", "1", "--seq", "32", f"--gpu={bad}"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "error: --gpu must be a card's name or a positive size in GB" in err, err
+
+
+def test_measure_is_refused_before_it_starts_when_the_estimate_exceeds_free_ram(capsys, monkeypatch):
+    from minimind_edu import memory_report as report_module
+
+    called = []
+    monkeypatch.setattr(report_module, "measure_step", lambda *a, **k: called.append(a))
+    # minimind2 at 512 x 4096 tokens: about 1.4 TiB estimated, more than any machine running the tests has
+    assert main(["memory", "--preset", "minimind2", "--batch", "512", "--seq", "4096", "--measure"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--measure refused: the step is estimated at" in err
+    assert "GiB of RAM available" in err and called == []
+
+
+def test_every_preset_is_modelled_and_nothing_points_to_python_functions(capsys):
+    from minimind_edu.model import PRESETS
+
+    for name in PRESETS:
+        assert main(["memory", "--preset", name, "--batch", "2", "--seq", "64"]) == 0
+        out = capsys.readouterr().out
+        assert "measure()" not in out and "attention: SDPA flash kernel" in out
+    assert main(["memory", "--preset", "minimind3-moe", "--batch", "2", "--seq", "64"]) == 0
+    assert "MoE routing: the estimate assumes balanced experts" in capsys.readouterr().out
+    assert main(["memory", "--preset", "minimind3", "--batch", "4", "--seq", "512", "--gpu", "t4"]) == 0
+    assert "SDPA math kernel" in capsys.readouterr().out  # bf16 on a T4: no fused kernel, quadratic
+
+
+def test_batch_and_seq_are_required_without_calibrate(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["memory", "--preset", "tiny"])
+    assert exit_.value.code == 2 and "--batch and --seq are required" in capsys.readouterr().err
 
 
 def test_gpu_grid_script_dry_run_on_cpu(tmp_path):

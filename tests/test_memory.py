@@ -7,10 +7,11 @@ from dataclasses import replace
 import pytest
 import torch
 
+from minimind_edu.errors import InvalidArgument
 from minimind_edu.memory import GPU_PRESETS, GPUCard, MiB, estimate, fits, get_gpu, largest_batch
 from minimind_edu.memory_measure import StepSpec, StorageTracker, measure
 from minimind_edu.memory_moments import StepSizes, layer_activations, step_moments
-from minimind_edu.model import SDPA_HAS_GQA, ModelConfig, get_preset
+from minimind_edu.model import PRESETS, SDPA_HAS_GQA, ModelConfig, get_preset
 
 
 def small(hidden: int, layers: int, attention: str = "sdpa", **kw) -> ModelConfig:
@@ -54,6 +55,64 @@ def test_estimate_within_3_percent_of_measured(hidden, layers, batch, seq, atten
     assert rel <= 0.03, (est.peak_bytes, measured.peak_bytes, est.peak_phase, measured.phase_peaks)
     # the phase the estimator names holds the measured peak (within the same tolerance)
     assert measured.phase_peaks[est.peak_phase] >= measured.peak_bytes * 0.97
+
+
+MOE2 = {"num_experts": 4, "experts_per_token": 2, "shared_experts": 1}  # MiniMind2-MoE's routing
+MOE3 = {"num_experts": 4, "experts_per_token": 1, "shared_experts": 0, "qk_norm": True}  # MiniMind3-MoE's
+# Today's MiniMind: QK-norm (MiniMind3), mixtures of experts (MiniMind2-MoE, MiniMind3-MoE) and dropout, first at
+# small widths where activations and transients weigh, then the real presets (their step-long terms dominate at
+# the batch a CPU can run). Dropout on the CPU sends sdpa to PyTorch's math kernel (fp32 T x T probabilities),
+# so its points also check the math kernel's model. (config changes, batch, seq, attention, precision,
+# checkpointing, extra estimate/measure options)
+TODAY = [
+    ({"qk_norm": True}, 8, 128, "sdpa", "bf16", False, {}),
+    ({"qk_norm": True}, 2, 512, "sdpa", "fp32", True, {}),
+    ({"qk_norm": True}, 1, 512, "naive", "bf16", False, {}),
+    (MOE2, 8, 128, "sdpa", "bf16", False, {}),
+    (MOE2, 8, 128, "sdpa", "fp32", False, {}),
+    ({**MOE2, "aux_loss_per_sequence": True}, 8, 128, "sdpa", "bf16", False, {}),
+    (MOE2, 2, 512, "sdpa", "bf16", True, {}),
+    (MOE2, 1, 512, "naive", "bf16", False, {}),
+    (MOE3, 8, 128, "sdpa", "bf16", False, {}),
+    ({**MOE3, "norm_topk_prob": False}, 8, 128, "sdpa", "bf16", False, {"optimizer": "adamw-foreach"}),
+    ({"dropout": 0.1}, 2, 512, "sdpa", "bf16", False, {}),
+    ({"dropout": 0.1}, 1, 1024, "sdpa", "bf16", True, {}),
+    ({"dropout": 0.1}, 1, 1024, "sdpa", "fp32", False, {}),
+    ({"dropout": 0.1}, 1, 512, "naive", "bf16", False, {}),
+    ({**MOE3, "dropout": 0.1}, 2, 256, "sdpa", "bf16", False, {}),
+    ("minimind3", 2, 256, "sdpa", "bf16", False, {}),
+    ("minimind2-moe", 2, 256, "sdpa", "bf16", False, {}),
+    ("minimind3-moe", 2, 128, "sdpa", "bf16", False, {}),
+    ("minimind3-moe", 1, 256, "sdpa", "bf16", True, {"optimizer": "sgd"}),
+]
+
+
+@pytest.mark.parametrize("changes,batch,seq,attention,precision,ckpt,extra", TODAY,
+                         ids=[f"{c if isinstance(c, str) else '+'.join(c)}-{b}x{t}-{a}-{p}{'-ckpt' if k else ''}"
+                              for c, b, t, a, p, k, _ in TODAY])
+def test_todays_minimind_within_3_percent_of_measured(changes, batch, seq, attention, precision, ckpt, extra):
+    cfg = get_preset(changes) if isinstance(changes, str) else small(128, 2, **changes)
+    options = dict(precision=precision, attention=attention, checkpointing=ckpt, device="cpu", **extra)
+    measured, est = measure(cfg, batch, seq, **options), estimate(cfg, batch, seq, **options)
+    assert abs(est.peak_bytes - measured.peak_bytes) / measured.peak_bytes <= 0.03, (est.peak_bytes, measured)
+    for phase, nbytes in est.phase_peaks.items():  # forward's peak holds every saved activation
+        assert abs(nbytes - measured.phase_peaks[phase]) / measured.phase_peaks[phase] <= 0.03, phase
+    if cfg.num_experts:  # balanced routing is assumed; every token to the same experts bounds it
+        assert est.worst_routing_peak_bytes >= est.peak_bytes
+    assert est.kernel == ("naive" if attention == "naive" else "math" if cfg.dropout else "flash")
+
+
+def test_moe_worst_routing_bounds_the_expert_backward():
+    # One routed expert per token and no shared one, wide experts and a 256-word vocabulary (so cross-entropy
+    # is small): the last block's expert backward is the peak. Balanced, each of 4 experts sees 1024 / 4 = 256
+    # tokens; the bound sends all 1024 to one.
+    cfg = small(128, 2, intermediate_size=2048, vocab_size=256, **{**MOE3, "qk_norm": False})
+    est = estimate(cfg, 2, 512, precision="fp32")
+    measured = measure(cfg, 2, 512, precision="fp32", device="cpu")
+    assert abs(est.peak_bytes - measured.peak_bytes) / measured.peak_bytes <= 0.03
+    # the bound adds 3 intermediate-sized fp32 gradients for the 768 more tokens: 3 x 768 x 2048 x 4 at least
+    assert est.worst_routing_peak_bytes - est.peak_bytes >= 3 * 768 * 2048 * 4
+    assert measured.peak_bytes <= est.worst_routing_peak_bytes
 
 
 def test_worked_example_fp32_one_layer():
@@ -182,8 +241,10 @@ def test_largest_batch_is_the_boundary_of_fits():
     assert largest_batch(cfg, 512, "rtx-4060") < largest_batch(cfg, 512, "rtx-4090") < largest_batch(cfg, 512, 80)
     assert not fits(cfg, 128, 512, "rtx-4090")  # the notebook's question: 12 layers, 128 x 512, 24 GB
     assert largest_batch(cfg, 512, 0.5) == 0
-    assert {"rtx-3060", "rtx-4060", "rtx-4070", "rtx-4080", "rtx-3090", "rtx-4090", "rtx-4090d",
-            "a100-40gb", "a100-80gb", "h100-80gb"} <= set(GPU_PRESETS)
+    assert {"t4", "v100-16gb", "v100-32gb", "rtx-3060", "rtx-4060", "rtx-4070", "rtx-4080", "rtx-3090", "rtx-4090",
+            "rtx-4090d", "a10", "l4", "a100-40gb", "a100-80gb", "h100-80gb", "h200"} <= set(GPU_PRESETS)
+    assert all(card.capability is not None for card in GPU_PRESETS.values())
+    assert not GPU_PRESETS["t4"].bf16 and not GPU_PRESETS["v100-16gb"].bf16 and GPU_PRESETS["l4"].bf16
 
 
 def test_an_estimate_fits_a_card_when_its_total_with_overhead_does():
@@ -225,11 +286,15 @@ def test_a_step_spec_keeps_the_models_attention_unless_told():
     assert estimate(small(64, 1, attention="naive"), 1, 32, attention="sdpa").attention == "sdpa"
 
 
-def test_unmodelled_configs_long_sequences_and_unknown_gpus_are_refused():
+def test_every_preset_is_modelled_and_long_sequences_and_unknown_gpus_are_refused():
+    for name in PRESETS:  # QK-norm, both MoE presets: no configuration is refused any more
+        assert estimate(get_preset(name), 1, 64).peak_bytes > 0
     with pytest.raises(ValueError, match="max_position_embeddings=1024, got 5000"):
         estimate(small(64, 1), 2, 5000)
-    with pytest.raises(ValueError, match="MoE|measure"):
-        estimate(get_preset("minimind2-moe"), 1, 64)
-    with pytest.raises(ValueError, match="rtx-4090"):
+    with pytest.raises(InvalidArgument, match="rtx-4090"):
         get_gpu("rtx-9999")
+    for bad in (float("inf"), float("nan"), 0, -2):
+        with pytest.raises(InvalidArgument, match="positive size in GB") as err:
+            get_gpu(bad)
+        assert err.value.argument == "gpu"
     assert get_gpu(24).memory_bytes == 25_769_803_776  # 24 x 1024 MiB

@@ -53,6 +53,10 @@ PRESET_SIZES = {
     # attention 1,179,648 + 2 x 768 x 384 = 589,824, + 2 x 96 QK-norm gains = 1,769,664;
     # mlp 3 x 768 x 2432 = 5,603,328; block + 1,536 norms = 7,374,528. total 4,915,200 + 8 x 7,374,528 + 768
     "minimind3": Sizes(4_915_200, 1_769_664, 5_603_328, 7_374_528, 58_996_224, 63_912_192),
+    # minimind3 with 4 routed experts (top-1, no shared one) of SwiGLU 2432: mlp 4 x 3 x 768 x 2432 = 22,413,312
+    # + the 768 x 4 router = 22,416,384; block 1,769,664 + 22,416,384 + 1,536 = 24,187,584.
+    # total 4,915,200 + 8 x 24,187,584 + 768 = 198,416,640 ("198M"; one expert active: "A64M")
+    "minimind3-moe": Sizes(4_915_200, 1_769_664, 22_416_384, 24_187_584, 193_500_672, 198_416_640),
     # hidden 256, 4 layers, 8 heads of 32, 2 KV heads (256 x 64), SwiGLU 704.
     # attention 2 x 256 x 256 + 2 x 256 x 64 = 131,072 + 32,768 = 163,840; mlp 3 x 256 x 704 = 540,672;
     # block + 512 norms = 705,024. total 6400 x 256 = 1,638,400 + 4 x 705,024 + 256 = 4,458,752
@@ -299,6 +303,59 @@ def test_aux_loss_is_one_when_uniform_and_grows_when_collapsed():
         assert (moe.last_topk_idx[:, 0] == 0).all()
         # collapse: aux -> num_experts / experts_per_token = 4 / top_k
         assert moe.aux_loss.item() == pytest.approx(4 / top_k, abs=1e-3)
+
+
+def test_moe_presets_carry_upstream_minimind_defaults():
+    # jingyaogong/minimind: MiniMind2's MoEGate (2025-12 onwards) aux_loss_alpha=0.01 with seq_aux=True, top-2 of
+    # 4 routed experts plus 1 shared, norm_topk_prob=True; MiniMind3's MiniMindConfig router_aux_loss_coef=5e-4
+    # over the batch, num_experts_per_tok=1 of 4 routed experts, no shared expert, norm_topk_prob=True.
+    m2, m3 = get_preset("minimind2-moe"), get_preset("minimind3-moe")
+    assert (m2.aux_loss_coef, m2.aux_loss_per_sequence, m2.experts_per_token, m2.shared_experts) == (0.01, True, 2, 1)
+    assert (m3.aux_loss_coef, m3.aux_loss_per_sequence, m3.experts_per_token, m3.shared_experts) == (5e-4, False, 1, 0)
+    assert m2.norm_topk_prob and m3.norm_topk_prob and m3.qk_norm and m3.intermediate_size == 2432
+    course = ModelConfig(num_experts=4)  # a course-made MoE: 0.1 over the whole batch
+    assert (course.aux_loss_coef, course.aux_loss_per_sequence) == (0.1, False)
+
+
+def test_norm_topk_prob_off_weights_experts_by_their_raw_probability():
+    # The worked example above, without renormalising: token 0 picks experts 0 and 1 with probabilities 0.4 and
+    # 0.3: 0.4 x 1 + 0.3 x 2 + shared 10 = 11.0 (renormalised it was 80/7 = 11.43).
+    moe = MoEFeedForward(moe_config(norm_topk_prob=False))
+    moe.experts = torch.nn.ModuleList(Scale(k) for k in (1.0, 2.0, 3.0, 4.0))
+    moe.shared_experts = torch.nn.ModuleList([Scale(10.0)])
+    with torch.no_grad():
+        moe.gate.weight.zero_()
+        moe.gate.weight[:, 0] = torch.tensor([0.4, 0.3, 0.2, 0.1]).log()
+    x = torch.zeros(1, 1, 64)
+    x[0, 0, 0] = 1.0
+    assert moe(x)[0, 0, 0].item() == pytest.approx(11.0)
+    # top-1 with renormalisation (MiniMind3-MoE): the chosen expert (0, probability 0.4) gets weight 0.4/0.4 = 1
+    top1 = MoEFeedForward(moe_config(experts_per_token=1, shared_experts=0))
+    top1.experts = torch.nn.ModuleList(Scale(k) for k in (1.0, 2.0, 3.0, 4.0))
+    top1.gate.load_state_dict(moe.gate.state_dict())
+    assert top1(x)[0, 0, 0].item() == pytest.approx(1.0)
+
+
+def test_aux_loss_per_sequence_worked_example():
+    # Two sequences of 2 tokens, top-1 of 2 experts (no shared). Sequence 0 sends both tokens to expert 0 with
+    # probabilities (0.8, 0.2); sequence 1 one token each way, probabilities (0.8, 0.2) and (0.2, 0.8).
+    # Per sequence (MiniMind2): seq 0: f = (1, 0), P = (0.8, 0.2): 2 x 0.8 = 1.6; seq 1: f = (0.5, 0.5),
+    # P = (0.5, 0.5): 2 x 0.5 = 1.0; mean 1.3. Over the batch: f = (0.75, 0.25), P = (0.65, 0.35):
+    # 2 x (0.4875 + 0.0875) = 1.15.
+    cfg = tiny(num_experts=2, experts_per_token=1, shared_experts=0)
+    x = torch.zeros(2, 2, 64)
+    x[0, :, 0] = 1.0
+    x[1, 0, 0], x[1, 1, 1] = 1.0, 1.0
+    losses = {}
+    for per_sequence in (True, False):
+        moe = MoEFeedForward(replace(cfg, aux_loss_per_sequence=per_sequence))
+        with torch.no_grad():
+            moe.gate.weight.zero_()
+            moe.gate.weight[:, 0] = torch.tensor([0.8, 0.2]).log()
+            moe.gate.weight[:, 1] = torch.tensor([0.2, 0.8]).log()
+        moe(x)
+        losses[per_sequence] = moe.aux_loss.item()
+    assert losses == {True: pytest.approx(1.3), False: pytest.approx(1.15)}
 
 
 def test_model_adds_aux_loss_to_the_training_loss_only():
