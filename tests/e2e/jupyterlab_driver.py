@@ -158,6 +158,11 @@ def long_output_lines(nb: dict, limit: int) -> list[str]:
     return found
 
 
+def check_cells(nb: dict) -> list[int]:
+    """Indices of the cells tagged `check`: the asserts that tie a teaching cell to the library."""
+    return [i for i, c in enumerate(nb["cells"]) if "check" in c.get("metadata", {}).get("tags", [])]
+
+
 def unexecuted_cells(nb: dict) -> list[int]:
     """Code cells that did not run (no execution count), by index."""
     return [i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code" and c.get("execution_count") is None]
@@ -236,6 +241,32 @@ class NotebookPage:
         """Widgets the front end could not render (e.g. a missing ipywidgets extension shows this text)."""
         texts = self.page.locator(".jp-OutputArea-output").all_inner_texts()
         return [t[:200] for t in texts if "Error displaying widget" in t or "Failed to load model class" in t]
+
+    def cell_views(self, max_pages: int = 200) -> dict[int, dict]:
+        """What the learner sees of each cell, by index, scrolling through the notebook (JupyterLab attaches only
+        the cells near the view): whether its input is collapsed (the '...' placeholder shown, the editor not),
+        and how many error or stderr outputs it shows."""
+        scroller = self.page.locator(".jp-NotebookPanel .jp-WindowedPanel-outer").first
+        height = scroller.evaluate("el => el.clientHeight")
+        views: dict[int, dict] = {}
+        top = 0
+        for _ in range(max_pages):
+            scroller.evaluate("(el, top) => { el.scrollTop = top; }", top)
+            self.page.wait_for_timeout(150)  # let JupyterLab attach the cells now in view
+            for view in self.page.evaluate("""() => [...document.querySelectorAll('.jp-NotebookPanel .jp-Cell')]
+                .filter(c => c.dataset.windowedListIndex !== undefined).map(c => {
+                    const editor = c.querySelector('.jp-Cell-inputArea');
+                    return {index: Number(c.dataset.windowedListIndex),
+                            collapsed: !!c.querySelector('.jp-InputPlaceholder')
+                                       && !(editor && editor.getBoundingClientRect().height > 0),
+                            errors: c.querySelectorAll(
+                                '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]').length};
+                })"""):
+                views[view["index"]] = view
+            if top >= scroller.evaluate("el => el.scrollHeight - el.clientHeight"):
+                break
+            top += int(height * 0.8)
+        return views
 
     def screenshot_pages(self, folder: Path, stem: str, max_pages: int = 60) -> int:
         """Scroll the notebook from top to bottom, one screenshot per screenful (for people to look through)."""

@@ -16,6 +16,7 @@ from jupyterlab_driver import (
     NOTEBOOKS,
     NotebookPage,
     Slider,
+    check_cells,
     error_outputs,
     long_output_lines,
     png_pixels,
@@ -63,12 +64,27 @@ def run_to_the_end(nb: NotebookPage) -> dict:
     return saved
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")))
+@pytest.mark.parametrize("name", sorted(str(p.relative_to(NOTEBOOKS)) for p in NOTEBOOKS.glob("**/[0-9][0-9]_*.ipynb")))
 def test_notebook_runs_to_the_end_in_jupyterlab(notebook, artifacts, name):
     nb = notebook(name)
     nb.watch_images()
     saved = run_to_the_end(nb)
     nb.screenshot_pages(artifacts / "pages", Path(name).stem)
+    # Check cells (the asserts tying a teaching cell to the library) stay collapsed in JupyterLab after Run All
+    # and a save from the browser, and show no error.
+    checks = check_cells(saved)
+    assert all(saved["cells"][i]["metadata"].get("jupyter", {}).get("source_hidden") for i in checks), \
+        f"{name}: JupyterLab saved a check cell expanded"
+    if checks:
+        views = nb.cell_views()
+        assert set(checks) <= set(views), f"{name}: check cells never shown: {sorted(set(checks) - set(views))}"
+        teaching = [i for i, c in enumerate(saved["cells"]) if c["cell_type"] == "code" and i not in checks]
+        assert any(not views[i]["collapsed"] for i in teaching if i in views), "the collapse test sees nothing"
+        expanded = [i for i in checks if not views[i]["collapsed"]]
+        assert expanded == [], f"{name}: check cells shown expanded in JupyterLab: {expanded}"
+        failing = [i for i in checks if views[i]["errors"] or saved["cells"][i].get("execution_count") is None]
+        assert failing == [], f"{name}: check cells that did not run cleanly: {failing}"
+        print(f"{name}: {len(checks)} check cells, all collapsed and clean")
     # plots reach the browser as pictures: plt.show() in a kernel started by JupyterLab, not a headless backend
     images = [o for c in saved["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     source = "".join("".join(c["source"]) for c in saved["cells"])
