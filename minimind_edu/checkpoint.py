@@ -29,9 +29,10 @@ from tokenizers import Tokenizer
 from .device import precision_dtype
 from .errors import RunError
 from .hf import export_hf, load_hf
+from .minimind_format import load_minimind_pth
 from .model import MiniMind, ModelConfig
 from .run_folder import is_run_folder
-from .tokenizer import load_tokenizer
+from .tokenizer import load_tokenizer, minimind_tokenizer_dir
 
 MANIFEST = "manifest.json"
 
@@ -194,16 +195,27 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> M
 
 
 def is_hf_folder(path: Path) -> bool:
-    """True for a folder written by ``export`` (a Hugging Face config), not a training checkpoint."""
+    """True for a folder written by ``export`` or by MiniMind (a Hugging Face config), not a training checkpoint."""
     config = path / "config.json"
-    return config.exists() and "architectures" in json.loads(config.read_text(encoding="utf-8"))
+    if not config.exists():
+        return False
+    fields = json.loads(config.read_text(encoding="utf-8"))
+    return "architectures" in fields or fields.get("model_type") == "minimind"
 
 
-def load_trained(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[MiniMind, Tokenizer]:
+def load_trained(path: str | os.PathLike, device: str | torch.device = "cpu",
+                 tokenizer: str | os.PathLike | None = None) -> tuple[MiniMind, Tokenizer]:
     """``(model, tokenizer)``, ready for :func:`minimind_edu.generate.stream_text`, from a run's folder (its
-    newest checkpoint), a checkpoint folder, or a folder written by ``export``."""
+    newest checkpoint), a checkpoint folder, a folder written by ``export`` or by MiniMind, or MiniMind's ``.pth``
+    state dict (:mod:`~minimind_edu.minimind_format`). ``tokenizer``: a tokenizer folder to use instead of the
+    one beside the weights; for a ``.pth`` (which has none) the default is MiniMind2's shipped tokenizer."""
+    if Path(path).suffix in (".pth", ".pt") and not Path(path).is_dir():
+        model = load_minimind_pth(path).to(device).eval()
+        return model, load_tokenizer(tokenizer if tokenizer is not None else minimind_tokenizer_dir())
     folder = resolve_checkpoint(path)
     model = load_hf(folder).to(device).eval() if is_hf_folder(folder) else load_model(folder, device)
+    if tokenizer is not None:
+        return model, load_tokenizer(tokenizer)
     if not (folder / "tokenizer.json").exists():
         trained_with = ""
         if (folder / "config.json").exists():

@@ -102,16 +102,21 @@ def add_memory_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="minimind2-small", help="model preset (default: minimind2-small)")
     p.add_argument("--layers", type=int, help="override the preset's number of layers")
     p.add_argument("--hidden", type=int, help="override the preset's hidden size")
-    p.add_argument("--batch", type=int, required=True, help="batch size")
-    p.add_argument("--seq", type=int, required=True, help="sequence length in tokens")
+    p.add_argument("--batch", type=int, help="batch size (required unless --calibrate)")
+    p.add_argument("--seq", type=int, help="sequence length in tokens (required unless --calibrate)")
     p.add_argument("--precision", choices=PRECISIONS, default="bf16")
     p.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS,
                    help="adamw: the trainer's (fused AdamW); adamw-foreach/-forloop: PyTorch's other kernels")
     p.add_argument("--attention", choices=ATTENTIONS, help="default: the preset's")
     p.add_argument("--checkpointing", action="store_true", help="recompute each block in backward")
     p.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
-    p.add_argument("--gpu", help="GPU card preset (e.g. rtx-4090) or size in GB: adds CUDA overhead and a fit check")
+    p.add_argument("--gpu", help="GPU card preset (e.g. rtx-4090, t4) or size in GB: adds CUDA overhead, picks the "
+                   "attention kernel that card runs, and checks the fit")
     p.add_argument("--measure", action="store_true", help="also run real training steps on this machine")
+    p.add_argument("--timeline", metavar="PNG", help="also record one real CPU step's memory after every operator, "
+                   "stacked by what it is, and save the picture")
+    p.add_argument("--calibrate", action="store_true", help="measure this machine's CUDA overheads (context, "
+                   "cuBLAS workspace, allocator reserve) and save them for every later CUDA estimate")
     p.add_argument("--json", action="store_true", help="print every term in bytes as JSON")
 
     def run(args: argparse.Namespace) -> int:
@@ -122,6 +127,13 @@ def add_memory_command(sub: argparse._SubParsersAction) -> None:
         from .memory_report import memory_report
         from .model import get_preset
 
+        if args.calibrate:
+            from .memory_calibration import calibrate
+
+            print(calibrate().message)
+            return 0
+        if args.batch is None or args.seq is None:
+            p.error("--batch and --seq are required (unless --calibrate)")
         overrides = {k: v for k, v in (("num_layers", args.layers), ("hidden_size", args.hidden)) if v is not None}
         if "hidden_size" in overrides:  # keep MiniMind2's SwiGLU rule for the new width
             overrides["intermediate_size"] = None
@@ -129,13 +141,18 @@ def add_memory_command(sub: argparse._SubParsersAction) -> None:
         gpu = None
         if args.gpu:  # a size in GB, else a card preset's name
             try:
-                gpu = get_gpu(float(args.gpu))
+                size = float(args.gpu)
             except ValueError:
-                gpu = get_gpu(args.gpu)
+                size = None
+            gpu = get_gpu(args.gpu if size is None else size)
         spec = StepSpec(args.batch, args.seq, args.precision, args.optimizer, args.attention, args.checkpointing,
                         args.grad_accum)
         report = memory_report(cfg, spec, gpu, measure=args.measure, model_name=args.preset)
         print(json.dumps(report.to_dict(), indent=2) if args.json else report.format())
+        if args.timeline:
+            from .memory_report import save_timeline
+
+            print(save_timeline(cfg, spec, args.timeline, args.preset))
         return 0
 
     p.set_defaults(func=run)
@@ -222,8 +239,12 @@ def _run_pretrain(args: argparse.Namespace) -> int:
 def add_generate_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="sample text from a checkpoint (streamed as it is generated)",
                        description="Continue prompts with a trained model. PATH: a run's --out folder (its newest "
-                       "checkpoint), a checkpoint folder, or a folder written by `minimind-edu export`.")
+                       "checkpoint), a checkpoint folder, a folder written by `minimind-edu export`, or MiniMind's own "
+                       "weights: a Hugging Face folder saved by MiniMind, or a .pth state dict (pretrain_512.pth).")
     p.add_argument("path", metavar="PATH")
+    p.add_argument("--tokenizer", metavar="DIR", default=None,
+                   help="tokenizer folder (default: the one beside the weights; for a .pth, MiniMind2's shipped "
+                   "tokenizer, data/minimind/minimind2)")
     p.add_argument("--prompt", action="append", default=None,
                    help="text to continue (repeatable; default: English and Chinese openings)")
     p.add_argument("--chat", action="store_true",
@@ -244,7 +265,7 @@ def _run_generate(args: argparse.Namespace) -> int:
     from .generate import SAMPLE_PROMPTS, check_sampling, print_samples, stream_chat
 
     check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
-    model, tokenizer = load_trained(args.path, resolve_device(args.device))
+    model, tokenizer = load_trained(args.path, resolve_device(args.device), tokenizer=args.tokenizer)
     options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     if args.chat:
         for message in args.prompt or ["Tell me a story about a cat.", "写一首关于春天的诗。"]:
@@ -278,6 +299,23 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- doctor ----------------------------------------------------------------------------------------------
+def add_doctor_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("doctor", help="check this machine for the course: Python, PyTorch, device, bf16, "
+                                      "threads, disk, a CJK font, JupyterLab widgets")
+    p.add_argument("--path", default=".", help="where the disk check looks (default: the current folder)")
+    p.add_argument("--strict", action="store_true", help="exit with status 1 when a check needs attention")
+
+    def run(args: argparse.Namespace) -> int:
+        from .doctor import format_report, run_checks
+
+        checks = run_checks(args.path)
+        print(format_report(checks))
+        return 1 if args.strict and not all(c.ok for c in checks) else 0
+
+    p.set_defaults(func=run)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="minimind-edu", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -287,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     add_pretrain_command(sub)
     add_generate_command(sub)
     add_export_command(sub)
+    add_doctor_command(sub)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -19,7 +19,6 @@ exactly what one process with batch 2B sees.
 from __future__ import annotations
 
 import array
-import functools
 import hashlib
 import json
 import os
@@ -39,6 +38,7 @@ from .corpus import (
     check_format,
     default_corpus_files,
     detect_format,
+    file_digest,
     iter_jsonl_documents,
     read_documents,
 )
@@ -127,22 +127,6 @@ def _iter_file_documents(path: Path, bar: tqdm, format: str) -> Iterator[str]:
         for doc in docs:
             bar.update(len(doc.encode("utf-8")) + 2)
             yield doc
-
-
-@functools.lru_cache(maxsize=256)
-def _digest_of(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def file_digest(path: str | os.PathLike) -> str:
-    """A hash of a file's bytes (blake2b, 128 bits); computed once per process while size and time are unchanged:
-    the token cache and the checkpoints' record of the training data both ask for it."""
-    stat = Path(path).stat()
-    return _digest_of(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
 
 
 def token_cache_key(paths: Sequence[Path], tokenizer_dir: Path, formats: Sequence[str] | None = None) -> str:

@@ -9,7 +9,8 @@ grouped-query attention and SwiGLU, and our parameter names already follow their
     AutoTokenizer.from_pretrained("out/minimind-hf")
 
 ``load_hf`` reads such a folder (or one written by ``transformers``' own ``save_pretrained`` for a Llama or
-Qwen3 of this shape) back into a :class:`~minimind_edu.model.MiniMind`. Only safetensors are read: a
+Qwen3 of this shape, or by MiniMind itself: ``"model_type": "minimind"``, see
+:mod:`~minimind_edu.minimind_format`) back into a :class:`~minimind_edu.model.MiniMind`. Only safetensors are read: a
 pickled ``pytorch_model.bin`` can run code when loaded, so it is refused. ``transformers`` is not needed for
 either direction; the tests use it to prove the logits agree.
 """
@@ -23,6 +24,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from . import minimind_format
 from .model import MiniMind, ModelConfig
 
 WEIGHTS_NAME = "model.safetensors"
@@ -127,7 +129,7 @@ def config_from_hf(config: dict, source: str = "config.json", **overrides) -> Mo
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(
             f"{source}: model_type={model_type!r} is not supported; load_hf reads 'llama' or 'qwen3' folders "
-            "(what export_hf writes)"
+            "(what export_hf writes) and 'minimind' ones (saved by MiniMind)"
         )
     rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
@@ -198,7 +200,13 @@ def load_hf(directory: str | os.PathLike, **overrides) -> MiniMind:
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{directory} has no config.json; is it a folder written by export_hf?")
-    cfg = config_from_hf(json.loads(config_path.read_text(encoding="utf-8")), str(config_path), **overrides)
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    if config.get("model_type") == "minimind":  # saved by MiniMind's own code: its names, its config keys
+        state = minimind_format.course_state_dict(_read_weights(directory), str(directory / WEIGHTS_NAME))
+        qk_norm = "layers.0.self_attn.q_norm.weight" in state  # MiniMind3 has q/k norms, MiniMind2 none
+        cfg = minimind_format.config_from_minimind(config, str(config_path), **{"qk_norm": qk_norm, **overrides})
+        return minimind_format.model_from_state(cfg, state, str(directory / WEIGHTS_NAME), dtype=None)
+    cfg = config_from_hf(config, str(config_path), **overrides)
     weights = _read_weights(directory)
     state = {}
     for name, tensor in weights.items():

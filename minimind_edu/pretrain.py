@@ -24,7 +24,7 @@ from .data import TokenData, load_splits
 from .device import autocast_dtype, check_precision, resolve_device, resolve_precision
 from .distributed import environment_world_size
 from .errors import InvalidArgument, at_least, positive
-from .evaluate import evaluate_by_language, format_results
+from .evaluate import evaluate_by_text_type, format_results
 from .generate import print_samples
 from .metrics import plot_metrics
 from .model import PRESETS
@@ -186,7 +186,8 @@ def run_pretrain(options: PretrainOptions, out: TextIO | None = None) -> dict[st
     if o.resume:  # a resumed run keeps the schedule it was planned with, unless told otherwise
         ckpt = latest_checkpoint(out_dir)
         saved = json.loads((ckpt / "config.json").read_text())["train"] if ckpt is not None else {}
-        given = {"warmup_steps": o.warmup, "eval_every": o.eval_every, "save_every": o.save_every, "lr": o.lr}
+        given = {"warmup_steps": o.warmup, "eval_every": o.eval_every, "save_every": o.save_every, "lr": o.lr,
+                 "time_budget_min": o.minutes if o.steps is None and o.epochs is None else "by steps"}
         for name in ("warmup_steps", "eval_every", "save_every", "time_budget_min", "min_lr", "lr"):
             if name in saved and given.get(name) is None and not (name == "min_lr" and o.lr is not None):
                 extra[name] = saved[name]
@@ -223,12 +224,12 @@ def run_pretrain(options: PretrainOptions, out: TextIO | None = None) -> dict[st
     if o.samples > 0:
         print("\nsamples:", file=out)
         summary["samples"] = print_samples(model, tokenizer, max_new_tokens=o.samples, seed=o.seed, out=out)
-    by_language = evaluate_by_language(model, tokenizer, seq_len=min(seq, 256),
-                                       autocast_dtype=autocast_dtype(precision))
-    summary["by_language"] = {lang: r.to_dict() for lang, r in by_language.items()}
+    by_text_type = evaluate_by_text_type(model, tokenizer, seq_len=min(seq, 256),
+                                         autocast_dtype=autocast_dtype(precision))
+    summary["by_text_type"] = {kind: r.to_dict() for kind, r in by_text_type.items()}
     print(f"\nvalidation loss reached after {result.step} steps ({summary['tokens']:,} tokens, "
           f"{result.seconds / 60:.1f} min): {summary.get('val_loss', float('nan')):.3f}", file=out)
-    print("by language (shipped validation text):\n" + format_results(by_language), file=out)
+    print("by text type (shipped validation text):\n" + format_results(by_text_type), file=out)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return summary
 

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .data import TokenData, file_digest
+from .corpus import file_digest
+from .data import TokenData
 
 # Settings a resumed run may change without changing what it computes: its length (an explicit longer run),
 # when it logs, evaluates and saves, how it shows progress, and where it runs. The data files and the

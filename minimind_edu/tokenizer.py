@@ -3,9 +3,15 @@
 Special tokens (as in MiniMind2): ``<|endoftext|>`` = 0 (padding / unknown), ``<|im_start|>`` = 1 (begin),
 ``<|im_end|>`` = 2 (end). A ChatML chat template is saved with it, and the saved folder loads with
 ``transformers.AutoTokenizer.from_pretrained(folder)``.
+
+The course tokenizer is trained on first use and cached in ``cache_dir()/tokenizer-<vocab>-<key>``, where the
+key hashes everything that decides its merges (:func:`tokenizer_recipe`): the vocabulary size, the content of
+every training file, the special tokens, the trainer's settings and the ``tokenizers`` version. A changed
+corpus or vocabulary is therefore another folder, trained afresh, never a stale cache reused.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -13,9 +19,18 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+import tokenizers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from .corpus import cache_dir, default_documents, read_documents
+from .corpus import (
+    DEFAULT_FILES,
+    cache_dir,
+    data_dir,
+    default_corpus_files,
+    default_documents,
+    file_digest,
+    read_documents,
+)
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 PAD_TOKEN, BOS_TOKEN, EOS_TOKEN = SPECIAL_TOKENS
@@ -143,26 +158,51 @@ def train_tokenizer_from_files(
     return train_tokenizer(docs, vocab_size)
 
 
-def default_tokenizer_dir() -> Path:
-    """Where the course tokenizer (trained on the shipped corpus, vocab 6400) is kept."""
-    return cache_dir() / "tokenizer"
+def tokenizer_recipe(vocab_size: int = DEFAULT_VOCAB_SIZE) -> dict:
+    """What the course tokenizer is a function of: the cache key hashes it, and it is saved beside the files."""
+    return {
+        "recipe": 1,  # bump when train_tokenizer changes in a way the fields below do not show
+        "vocab_size": vocab_size,
+        "special_tokens": SPECIAL_TOKENS,
+        "trainer": {"model": "BPE", "pre_tokenizer": "ByteLevel(add_prefix_space=False)",
+                    "initial_alphabet": "ByteLevel.alphabet()", "min_frequency": 0},
+        "tokenizers": tokenizers.__version__,
+        "files": {name: file_digest(path) for name, path in zip(DEFAULT_FILES["train"], default_corpus_files("train"))},
+    }
 
 
-def get_default_tokenizer() -> Tokenizer:
+def default_tokenizer_dir(vocab_size: int = DEFAULT_VOCAB_SIZE) -> Path:
+    """Where the course tokenizer (trained on the shipped corpus) is kept: a folder named by its recipe's hash."""
+    check_vocab_size(vocab_size)
+    blob = json.dumps(tokenizer_recipe(vocab_size), sort_keys=True).encode("utf-8")
+    return cache_dir() / f"tokenizer-{vocab_size}-{hashlib.blake2b(blob, digest_size=6).hexdigest()}"
+
+
+def get_default_tokenizer(vocab_size: int = DEFAULT_VOCAB_SIZE) -> Tokenizer:
     """The course tokenizer, trained on the shipped bilingual corpus the first time (a few seconds) and then reused.
 
     The folder is written to a temporary name and renamed, so a parallel or interrupted run never leaves a
-    half-written tokenizer behind.
+    half-written tokenizer behind. Its ``recipe.json`` says what it was trained from.
     """
-    target = default_tokenizer_dir()
+    target = default_tokenizer_dir(vocab_size)
     if not (target / "tokenizer_config.json").exists():
         tmp = Path(tempfile.mkdtemp(prefix="tokenizer-", dir=target.parent))
-        save_tokenizer(train_tokenizer(default_documents("train")), tmp)
+        save_tokenizer(train_tokenizer(default_documents("train"), vocab_size), tmp)
+        (tmp / "recipe.json").write_text(json.dumps(tokenizer_recipe(vocab_size), indent=1) + "\n")
         try:
             os.rename(tmp, target)
         except OSError:  # another process finished first: keep theirs
             shutil.rmtree(tmp, ignore_errors=True)
     return load_tokenizer(target)
+
+
+def minimind_tokenizer_dir(generation: str = "minimind2") -> Path:
+    """MiniMind's own tokenizer, shipped in ``data/minimind/``: "minimind2" (vocab 6400, the course's special ids,
+    what MiniMind2 models use) or "minimind3" (the current one, 36 special tokens)."""
+    folders = {"minimind2": data_dir() / "minimind" / "minimind2", "minimind3": data_dir() / "minimind"}
+    if generation not in folders:
+        raise TokenizerError(f"generation must be one of {', '.join(folders)}; got {generation!r}")
+    return folders[generation]
 
 
 def apply_chat_template(messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:

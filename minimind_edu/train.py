@@ -4,9 +4,9 @@ A :class:`TrainConfig` says everything about a run; :class:`Trainer` holds the m
 and step, and ``run()`` is the loop (``train()`` in one call). The pieces it is made of live in their own
 modules, so that a notebook can build each alone: the schedule and optimizer in :mod:`~minimind_edu.optim`,
 device and precision in :mod:`~minimind_edu.device`, process groups in :mod:`~minimind_edu.distributed`,
-checkpoint files in :mod:`~minimind_edu.checkpoint`. What stays here is one idea, a little over 400 lines:
-the loop and the state it must save and restore to resume exactly (step, fitted length, optimizer, data
-position, random state), which only make sense together.
+checkpoint files in :mod:`~minimind_edu.checkpoint`. What stays here is one idea, a little under 500 lines:
+the loop and the state it must save and restore to resume exactly (step, length or time spent, optimizer,
+data position, random state), which only make sense together.
 
 Callbacks are called (on rank 0) with each metric record, the same dict that is appended to
 ``out_dir/metrics.jsonl``: ``step, tokens, loss, lr, grad_norm, tokens_per_s, mfu, peak_mem, epoch,
@@ -18,15 +18,29 @@ per device, against :func:`minimind_edu.flops.device_peak_flops` (None when the 
 ``measure_mfu=False``); ``peak_mem`` is bytes: ``torch.cuda.max_memory_allocated`` on a GPU, the
 process's peak resident memory on a CPU.
 
-Time budget: with ``time_budget_min`` set, the warmup steps after the first (at least ``probe_steps``,
-at most a quarter of the budget) are timed, plus one evaluation; then ``max_steps`` is fixed so that
-training and evaluations fill the budget, and the cosine schedule ends there. Warmup's learning rate does
-not depend on ``max_steps``, so fitting at its end changes nothing that already happened;
-``cfg.max_steps`` is only a cap while timing (and shapes the lr of probe steps past a short warmup).
-The fitted value is saved in checkpoints, so a resumed run keeps it.
+Time budget: with ``time_budget_min`` set, the run is planned by the clock, not by a step count fixed in
+advance, so a machine that slows down (or speeds up) midway still ends on time. ``run()`` counts every second
+it spends against the budget: training steps, callbacks, evaluations and checkpoints (building the
+``Trainer``, which tokenizes and loads, is not counted). After each step, rank 0 measures the time of the
+recent steps (the upper median of the last ``probe_steps``), of the last evaluation (one is timed after the
+first step) and of the last checkpoint (estimated from its size until one is written), and decides two
+things that every rank then receives (:func:`~minimind_edu.distributed.from_rank0`): whether this step is
+the last (another step, with what is due after it and the final evaluation and checkpoint, would not fit),
+and the learning rate of the next step. Warmup is ``warmup_steps`` steps as always; after it, the cosine's
+progress is the fraction of the budget's remaining time that will have passed when the next step ends, so
+the cosine reaches ``min_lr`` when the time runs out, and a slowdown stretches the schedule over fewer steps
+instead of overrunning. ``cfg.max_steps`` is not used; ``max_steps`` is a running estimate (for the
+progress bar) that equals ``step`` when the run ends. The run ends within about one step (plus a periodic
+evaluation due at the end) of the budget when the times measured predict the next ones.
+Resuming a time-budgeted run keeps the accounting: a checkpoint saves the time spent so far (up to and
+including its own write) and when warmup ended, and the resumed run trains for what remains of the budget,
+continuing the cosine from where it was. What it cannot promise is bit-identical losses: how many steps fit
+depends on the machine's speed, which is measured afresh; and time lost after the last checkpoint of the
+killed run (and the restart) is not counted, so the wall time over both runs exceeds the budget by that.
+Step-count runs (no ``time_budget_min``) do not look at the clock, and their kill-and-resume is bit-exact.
 
 A checkpoint is a folder ``out_dir/checkpoints/step_00000123/`` holding ``model.safetensors`` (the weights,
-no code), ``state.pt`` (optimizer, GradScaler, step, fitted max_steps, data position, RNG states:
+no code), ``state.pt`` (optimizer, GradScaler, step, max_steps, time spent, data position, RNG states:
 tensors and plain containers only, loaded with ``torch.load(weights_only=True)``), ``config.json`` (model
 and training configs) and the tokenizer files. It is written under a temporary name and renamed, so a
 crash mid-write leaves the previous checkpoint intact. ``resume=True`` continues from the newest one:
@@ -44,6 +58,7 @@ import math
 import os
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,7 +165,15 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
         self.step = 0
         self.max_steps = cfg.max_steps
-        self.budget_fitted = cfg.time_budget_min is None
+        self.budget_s = cfg.time_budget_min * 60 if cfg.time_budget_min is not None else None
+        self.time_spent = 0.0  # seconds of the budget spent before this run() (by a resumed run's past)
+        self.warmup_end_s: float | None = None  # budget seconds spent when warmup ended: the cosine's start
+        self.finished = False  # a time-budgeted run that ended (its final checkpoint says so)
+        self._progress = 0.0  # the cosine's progress for the next step, when planned by time
+        self._cycle_times: deque[float] = deque(maxlen=max(1, cfg.probe_steps))
+        self._eval_s: float | None = None
+        self._save_s: float | None = None
+        self.last_lr = self.lr()
         self.history: list[dict] = []
         self.checkpoint: Path | None = None
         if resume:
@@ -171,12 +194,17 @@ class Trainer:
         return self.cfg.batch_size * self.cfg.seq_len * self.cfg.grad_accum_steps * self.world_size
 
     def lr(self, step: int | None = None) -> float:
+        """The learning rate of step ``step`` (default: the next). Under a time budget, steps after warmup get
+        the cosine at the progress last planned by the clock (see the module docstring)."""
         c = self.cfg
-        return lr_at(self.step if step is None else step, c.lr, c.min_lr, c.warmup_steps, self.max_steps)
+        step = self.step if step is None else step
+        if self.budget_s is None or step < c.warmup_steps:
+            return lr_at(step, c.lr, c.min_lr, c.warmup_steps, self.max_steps)
+        return c.min_lr + (c.lr - c.min_lr) * 0.5 * (1.0 + math.cos(math.pi * self._progress))
 
     def train_step(self) -> tuple[float, float]:
         """One optimizer step over ``grad_accum_steps`` micro-batches; returns (loss, grad norm before clipping)."""
-        lr = self.lr()
+        lr = self.last_lr = self.lr()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
@@ -223,7 +251,11 @@ class Trainer:
             "version": STATE_VERSION,
             "step": self.step,
             "max_steps": self.max_steps,
-            "budget_fitted": self.budget_fitted,
+            # the budget's accounting: time spent up to the end of this checkpoint's own write
+            "time_spent_s": self._elapsed() + self._save_estimate(),
+            "warmup_end_s": -1.0 if self.warmup_end_s is None else self.warmup_end_s,
+            "progress": self._progress,
+            "finished": self.finished,
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "data": self.batches.state_dict(),
@@ -268,7 +300,12 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.batches.load_state_dict(state["data"])
-        self.step, self.max_steps, self.budget_fitted = state["step"], state["max_steps"], state["budget_fitted"]
+        self.step, self.max_steps = state["step"], state["max_steps"]
+        if self.budget_s is not None:  # older checkpoints, and step-count ones, spent no budget time
+            self.time_spent = float(state.get("time_spent_s", 0.0))
+            self.warmup_end_s = None if state.get("warmup_end_s", -1.0) < 0 else float(state["warmup_end_s"])
+            self._progress = float(state.get("progress", 0.0))
+            self.finished = bool(state.get("finished", False))
         torch.set_rng_state(state["rng_cpu"])
         if "rng_cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng_cuda"])
@@ -291,22 +328,65 @@ class Trainer:
             self._peak = flops.device_peak_flops(self.device, self.precision)
         return flops.mfu(tokens_per_s / self.world_size, self._flops_per_token, self._peak)
 
-    def _fit_budget(self, started: float, probe_times: list[float]) -> None:
-        """Fix max_steps so the run (steps + evaluations) ends near time_budget_min; the cosine follows it."""
-        step_s = sorted(probe_times)[len(probe_times) // 2]  # median: robust to one slow step
-        eval_s = 0.0
-        if self.valid_batches is not None and self.cfg.eval_every:
-            t0 = time.perf_counter()
-            self.evaluate()
-            eval_s = (time.perf_counter() - t0) / self.cfg.eval_every
-        remaining = self.cfg.time_budget_min * 60 - (time.perf_counter() - started)
-        fitted = torch.tensor(self.step + max(1, int(remaining / (step_s + eval_s))), device=self.device)
-        from_rank0(fitted, self.group)  # ranks timed themselves separately: all must use rank 0's number
-        self.max_steps = int(fitted)
-        self.budget_fitted = True
-        if self.is_main:
-            print(f"time budget {self.cfg.time_budget_min} min: {step_s * 1000:.0f} ms/step measured -> "
-                  f"max_steps={self.max_steps}", file=sys.stderr)
+    # -- the time budget: planned after every step by rank 0's clock ----------------------------------------
+    def _elapsed(self) -> float:
+        """Budget seconds spent: by earlier runs of this checkpoint chain, plus this run() so far."""
+        started = getattr(self, "_started", None)
+        return self.time_spent + (time.perf_counter() - started if started is not None else 0.0)
+
+    def _save_estimate(self) -> float:
+        """Seconds one checkpoint takes: the last one measured, else its size at a cautious 100 MB/s."""
+        if self.out_dir is None or not self.is_main:
+            return 0.0
+        if self._save_s is not None:
+            return self._save_s
+        n_params = sum(p.numel() for p in self.model.parameters())
+        return 0.05 + n_params * 4 * 3 / 100e6  # weights and AdamW's two moments in fp32
+
+    def _plan(self) -> bool:
+        """After a step: is it the last, and what progress will the next step's cosine have (time budget)."""
+        c = self.cfg
+        if self.budget_s is None:
+            return self.step >= self.max_steps
+        now = self._elapsed()
+        cycle = now - self._last_plan - self._overhead
+        self._last_plan, self._overhead = now, 0.0
+        if self.step > 1 or not self._cycle_times:  # the first step pays one-off costs: keep it only alone
+            if self.step == 2 and len(self._cycle_times) == 1:
+                self._cycle_times.clear()
+            self._cycle_times.append(cycle)
+        step_s = sorted(self._cycle_times)[len(self._cycle_times) // 2]  # upper median of the recent steps
+        eval_s = (self._eval_s or 0.0) if self.valid_batches is not None else 0.0
+        save_s = self._save_estimate()
+        due = 0.0
+        if self.valid_batches is not None and c.eval_every and self.step % c.eval_every == 0:
+            due += eval_s
+        if self.out_dir is not None and c.save_every and self.step % c.save_every == 0:
+            due += save_s
+        end_overhead = eval_s + save_s  # the final evaluation and checkpoint
+        final = now + due + step_s + end_overhead > self.budget_s
+        if self.warmup_end_s is None and self.step >= c.warmup_steps:
+            self.warmup_end_s = now
+        progress = 0.0
+        if self.warmup_end_s is not None:
+            span = self.budget_s - end_overhead - self.warmup_end_s
+            progress = 1.0 if span <= 0 else min(1.0, max(0.0, (now + due + step_s - self.warmup_end_s) / span))
+        per_step = step_s + (eval_s / c.eval_every if c.eval_every else 0.0) + (
+            save_s / c.save_every if c.save_every and self.out_dir is not None else 0.0)
+        left = 0 if final else max(1, int((self.budget_s - now - due - end_overhead) / per_step))
+        plan = torch.tensor([float(final), progress, float(self.step + left)], dtype=torch.float64,
+                            device=self.device)
+        from_rank0(plan, self.group)  # ranks time themselves apart: all must act on rank 0's plan
+        final, self._progress, self.max_steps = bool(plan[0].item()), float(plan[1]), int(plan[2])
+        self.finished = final
+        return final
+
+    def _timed(self, fn: Callable[[], object]) -> tuple[object, float]:
+        t0 = time.perf_counter()
+        value = fn()
+        seconds = time.perf_counter() - t0
+        self._overhead += seconds  # evaluations and checkpoints are timed apart from the steps
+        return value, seconds
 
     def run(self, callbacks: Iterable[Callback] = ()) -> TrainResult:
         """Train until ``max_steps`` (or a callback stops it), holding the output folder's lock meanwhile."""
@@ -331,33 +411,28 @@ class Trainer:
 
     def _loop(self, callbacks: list[Callback]) -> TrainResult:
         cfg = self.cfg
-        started = time.perf_counter()
+        started = self._started = time.perf_counter()
+        self._last_plan, self._overhead = self._elapsed(), 0.0
+        if self.budget_s is not None and self.warmup_end_s is None and self.step >= cfg.warmup_steps:
+            self.warmup_end_s = self._elapsed()  # warmup_steps=0, or a step-count checkpoint given a budget
         metrics_file = self.out_dir / "metrics.jsonl" if (self.out_dir is not None and self.is_main) else None
         if metrics_file is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         bar = tqdm(total=self.max_steps, initial=self.step, desc="training", unit="step",
                    disable=not (cfg.progress and self.is_main), dynamic_ncols=True)
         window_losses: list[float] = []
-        window_start, probe_times = time.perf_counter(), []
+        window_start = time.perf_counter()
         stopped = False
-        while self.step < self.max_steps:
-            t0 = time.perf_counter()
+        while not (self.finished if self.budget_s is not None else self.step >= self.max_steps):
             loss, grad_norm = self.train_step()
             self._check_finite(loss, grad_norm)
             window_losses.append(loss)
-            if not self.budget_fitted:
-                if self.step > 1:  # the first step pays one-off costs (allocation, kernel choice)
-                    probe_times.append(time.perf_counter() - t0)
-                # The warmup learning rate does not depend on max_steps, so timing the whole warmup costs
-                # nothing and averages out a busy machine's bursts; stop early if it eats the budget.
-                enough = len(probe_times) >= max(cfg.probe_steps, cfg.warmup_steps - 1)
-                late = time.perf_counter() - started > 0.25 * cfg.time_budget_min * 60
-                if probe_times and (enough or late or self.step >= cfg.max_steps):
-                    self._fit_budget(started, probe_times)
-                    bar.total = self.max_steps
+            if self.budget_s is not None and self._eval_s is None and self.valid_batches is not None:
+                _, self._eval_s = self._timed(self.evaluate)  # the final evaluation must fit: time one now
+            final = self._plan()
+            bar.total = max(self.max_steps, self.step)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self.lr(self.step - 1):.2e}")
-            final = self.step >= self.max_steps
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self.last_lr:.2e}")
             due = final or (cfg.eval_every and self.step % cfg.eval_every == 0)
             evaluate = self.valid_batches is not None and due
             if self.step % cfg.log_every == 0 or evaluate or final:
@@ -367,7 +442,7 @@ class Trainer:
                     "step": self.step,
                     "tokens": self.step * self.tokens_per_step,
                     "loss": sum(window_losses) / len(window_losses),
-                    "lr": self.lr(self.step - 1),
+                    "lr": self.last_lr,
                     "grad_norm": grad_norm,
                     "tokens_per_s": tps,
                     "mfu": self._mfu(tps),
@@ -376,7 +451,7 @@ class Trainer:
                     "elapsed_s": time.perf_counter() - started,
                 }
                 if evaluate:
-                    record["val_loss"] = self.evaluate()
+                    record["val_loss"], self._eval_s = self._timed(self.evaluate)
                     self._check_finite(record["val_loss"], 0.0, "the validation loss")
                 self.history.append(record)
                 if metrics_file is not None:
@@ -388,11 +463,15 @@ class Trainer:
                     stopped = bool(from_rank0(torch.tensor(float(stopped), device=self.device), self.group).item())
                 window_losses, window_start = [], time.perf_counter()
             if final or stopped or (cfg.save_every and self.step % cfg.save_every == 0):
-                self.save_checkpoint()
+                _, seconds = self._timed(self.save_checkpoint)
+                if self.out_dir is not None and self.is_main:
+                    self._save_s = seconds
                 window_start = time.perf_counter()  # saving is not training: keep it out of tokens/s
             if stopped:
                 break
         bar.close()
+        self._started = None
+        self.time_spent += time.perf_counter() - started
         if self.group.owned:
             torch.distributed.destroy_process_group()
         return TrainResult(self.history, self.step, self.max_steps, self.out_dir, self.checkpoint, self.model,

@@ -23,9 +23,9 @@ class TrainConfig:
     batch_size: int = 16  # sequences per micro-batch, per rank
     seq_len: int = 256
     grad_accum_steps: int = 1  # micro-batches per optimizer step
-    max_steps: int = 1000  # optimizer steps; with time_budget_min, replaced by a fitted value
-    time_budget_min: float | None = None  # train for about this long: max_steps fitted after probe_steps
-    probe_steps: int = 4  # at least this many steps (after the first) are timed to fit max_steps to the budget
+    max_steps: int = 1000  # optimizer steps; not used with time_budget_min (the clock decides)
+    time_budget_min: float | None = None  # train this long (±1 step): the cosine follows the time left (train.py)
+    probe_steps: int = 4  # with a time budget: the step time is the upper median of the last probe_steps steps
     lr: float = 1e-3
     min_lr: float = 1e-4  # the cosine floor
     warmup_steps: int = 50

@@ -18,7 +18,8 @@ TINY = ["--preset", "tiny", "--batch", "4", "--seq", "32", "--device", "cpu", "-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """A small bilingual training file (first stories and poems of the shipped corpus): tokenizes in a blink."""
-    en, zh = default_corpus_files("train")
+    files = {path.name: path for path in default_corpus_files("train")}
+    en, zh = files["tinystories_train.txt"], files["tang_train.txt"]
     text = en.read_text(encoding="utf-8")[:20_000] + "<|endoftext|>" + zh.read_text(encoding="utf-8")[:8_000]
     path = tmp_path_factory.mktemp("corpus") / "small.txt"
     path.write_text(text, encoding="utf-8")
@@ -44,8 +45,8 @@ def test_pretrain_writes_checkpoints_metrics_and_summary(run_dir):
     assert [r["step"] for r in records if "val_loss" in r] == [4, 8]
     summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     assert summary["step"] == 8 and summary["val_loss"] == records[-1]["val_loss"]
-    assert set(summary["by_language"]) == {"en", "zh"}
-    assert all(r["bits_per_byte"] > 0 for r in summary["by_language"].values())
+    assert set(summary["by_text_type"]) == {"en-stories", "zh-verse", "zh-prose"}
+    assert all(r["bits_per_byte"] > 0 for r in summary["by_text_type"].values())
     assert (run_dir / "loss_curve.png").stat().st_size > 1000
 
 

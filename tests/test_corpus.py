@@ -8,11 +8,13 @@ import pytest
 
 from minimind_edu.corpus import (
     ENDOFTEXT,
+    TEXT_TYPES,
     CorpusError,
     data_dir,
     default_corpus_files,
     default_documents,
     documents_by_language,
+    documents_by_text_type,
     iter_jsonl_documents,
     read_documents,
     split_documents,
@@ -137,20 +139,25 @@ def test_data_dir_is_the_shipped_folder():
 
 def test_default_documents_train_and_valid_are_disjoint():
     train, valid = default_documents("train"), default_documents("valid")
-    assert len(train) == 19_847  # 2,316 stories + 17,531 poems
-    assert len(valid) == 6_376  # 4,302 stories + 2,074 poems
+    assert len(train) == 26_617  # 2,316 + 4,720 stories, 17,531 poems, 2,050 Chinese stories
+    assert len(valid) == 6_603  # 4,302 stories + 2,074 poems + 227 Chinese stories
     assert not set(train) & set(valid)
 
 
-def test_documents_by_language():
+def test_documents_by_text_type_and_language():
+    by_type = documents_by_text_type("valid")
+    assert {kind: len(docs) for kind, docs in by_type.items()} == {"en-stories": 4_302, "zh-verse": 2_074,
+                                                                   "zh-prose": 227}
+    assert {kind: len(docs) for kind, docs in documents_by_text_type("train").items()} == {
+        "en-stories": 7_036, "zh-verse": 17_531, "zh-prose": 2_050}
+    assert list(by_type) == list(TEXT_TYPES)
+    assert all(d.isascii() for d in by_type["en-stories"][:100])
+    verse, prose = by_type["zh-verse"][0], by_type["zh-prose"][0]
+    assert verse.startswith("《") and len(verse.splitlines()) >= 3  # a title line, then the verses
+    assert len(prose.splitlines()) == 1 and len(prose) > 200 and "。" in prose  # one paragraph of prose
     by_language = documents_by_language("valid")
-    assert {language: len(docs) for language, docs in by_language.items()} == {"en": 4_302, "zh": 2_074}
-    assert {language: len(docs) for language, docs in documents_by_language("train").items()} == {
-        "en": 2_316, "zh": 17_531}
-    assert all(d.isascii() for d in by_language["en"][:100])
-    cjk = sum(1 for ch in "".join(by_language["zh"][:100]) if "\u4e00" <= ch <= "\u9fff")
-    assert cjk > 1000
-    assert by_language["en"] + by_language["zh"] == default_documents("valid")
+    assert by_language == {"en": by_type["en-stories"], "zh": by_type["zh-verse"] + by_type["zh-prose"]}
+    assert sum(by_language.values(), []) == default_documents("valid")
 
 
 def test_default_split_must_be_known():
@@ -162,5 +169,7 @@ def test_data_dir_override(tmp_path, monkeypatch):
     monkeypatch.setenv("MINIMIND_EDU_DATA", str(tmp_path))
     assert data_dir() == tmp_path
     en, zh = tmp_path / "en", tmp_path / "zh"
-    assert default_corpus_files("train") == [en / "tinystories_train.txt", zh / "tang_train.txt"]
-    assert default_corpus_files("valid") == [en / "tinystories_valid.txt", zh / "tang_valid.txt"]
+    assert default_corpus_files("train") == [en / "tinystories_train.txt", en / "tinystories_train_more.txt",
+                                             zh / "tang_train.txt", zh / "stories_train.txt"]
+    assert default_corpus_files("valid") == [en / "tinystories_valid.txt", zh / "tang_valid.txt",
+                                             zh / "stories_valid.txt"]

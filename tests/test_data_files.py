@@ -39,7 +39,7 @@ def test_every_data_file_is_checksummed():
 def test_sources_keep_the_cdla_obligation():
     sources = (DATA / "SOURCES.md").read_text(encoding="utf-8")
     tinystories_rows = [line for line in sources.splitlines() if line.startswith("| `en/tinystories")]
-    assert len(tinystories_rows) == 2
+    assert len(tinystories_rows) == 3
     assert all("CDLA-Sharing-1.0" in row for row in tinystories_rows)
     # The licence text must ship beside the data, and SOURCES.md must say what it asks.
     assert "licenses/CDLA-Sharing-1.0.txt" in sources
@@ -48,6 +48,17 @@ def test_sources_keep_the_cdla_obligation():
     obligations = sources[sources.index("Obligations:"):]
     assert "CDLA-Sharing-1.0" in obligations and "attribution" in obligations
     assert "stay under that licence" in obligations  # share-alike: derived data keeps CDLA-Sharing
+
+
+def test_sources_keep_the_cc_by_obligation():
+    sources = (DATA / "SOURCES.md").read_text(encoding="utf-8")
+    rows = [line for line in sources.splitlines() if line.startswith("| `zh/stories")]
+    assert len(rows) == 2 and all("CC-BY-4.0" in row for row in rows) and "joe-chiu/TinyChineseStories" in rows[0]
+    assert "Modified from the original" in rows[0]  # CC-BY asks to say that the text was changed
+    obligations = sources[sources.index("Obligations:"):]
+    assert "licenses/CC-BY-4.0.txt" in obligations and "attribution" in obligations
+    licence = (DATA / "licenses" / "CC-BY-4.0.txt").read_text(encoding="utf-8")
+    assert licence.startswith("Creative Commons Attribution 4.0 International")
 
 
 def test_every_listed_file_is_described_in_sources():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from minimind_edu.corpus import CorpusError
-from minimind_edu.evaluate import evaluate_by_language, evaluate_documents, format_results
+from minimind_edu.evaluate import evaluate_by_language, evaluate_by_text_type, evaluate_documents, format_results
 from minimind_edu.model import MiniMind, get_preset
 from minimind_edu.tokenizer import get_default_tokenizer
 
@@ -49,13 +49,23 @@ def test_max_tokens_takes_whole_documents_in_order():
     assert result.documents == 1 and result.bytes == len(DOCS[0])
 
 
-def test_by_language_and_table():
+def test_by_text_type_and_table():
     tok = get_default_tokenizer()
-    results = evaluate_by_language(uniform_model(), tok, {"en": DOCS[:2], "zh": DOCS[2:]})
-    assert set(results) == {"en", "zh"}
+    results = evaluate_by_text_type(uniform_model(), tok, {"en-stories": DOCS[:2], "zh-verse": DOCS[2:]})
+    assert set(results) == {"en-stories", "zh-verse"}
     table = format_results(results)
-    assert table.splitlines()[0].split() == ["language", "val", "loss", "bits/byte", "tokens", "bytes"]
-    assert f"{results['zh'].bits_per_byte:.3f}" in table
+    assert table.splitlines()[0].split() == ["text", "type", "val", "loss", "bits/byte", "tokens", "bytes"]
+    assert f"{results['zh-verse'].bits_per_byte:.3f}" in table
+
+
+def test_shipped_validation_by_text_type_and_by_language():
+    tok = get_default_tokenizer()
+    by_type = evaluate_by_text_type(uniform_model(), tok, max_tokens_per_type=300)
+    assert list(by_type) == ["en-stories", "zh-verse", "zh-prose"]
+    by_language = evaluate_by_language(uniform_model(), tok, max_tokens_per_language=300)
+    assert list(by_language) == ["en", "zh"]
+    assert by_language["en"] == by_type["en-stories"]  # English is one type; Chinese starts with the verse
+    assert by_language["zh"] == by_type["zh-verse"]
 
 
 def test_empty_documents_are_an_error():
@@ -67,12 +77,14 @@ def test_the_figures_in_the_module_docstring():
     # evaluate.py quotes these for the shipped validation split: tokens per character and gzip's bits per byte.
     import gzip
 
-    from minimind_edu.corpus import documents_by_language
+    from minimind_edu.corpus import documents_by_text_type
 
     tok = get_default_tokenizer()
-    docs = documents_by_language("valid")
-    per_char = {lang: sum(len(tok.encode(d, add_special_tokens=False).ids) for d in texts) / sum(map(len, texts))
-                for lang, texts in docs.items()}
-    assert round(per_char["zh"], 2) == 0.99 and round(per_char["en"], 2) == 0.26
-    en = "\n".join(docs["en"]).encode("utf-8")
-    assert round(len(gzip.compress(en, 9)) * 8 / len(en), 1) == 2.4
+    docs = documents_by_text_type("valid")
+    per_char = {kind: sum(len(tok.encode(d, add_special_tokens=False).ids) for d in texts) / sum(map(len, texts))
+                for kind, texts in docs.items()}
+    assert {kind: round(v, 2) for kind, v in per_char.items()} == {"en-stories": 0.26, "zh-verse": 1.03,
+                                                                   "zh-prose": 0.69}
+    texts = {kind: "\n".join(docs[kind]).encode("utf-8") for kind in docs}
+    gzip_bits = {kind: round(len(gzip.compress(b, 9)) * 8 / len(b), 1) for kind, b in texts.items()}
+    assert gzip_bits == {"en-stories": 2.4, "zh-verse": 3.9, "zh-prose": 3.1}

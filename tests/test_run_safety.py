@@ -34,7 +34,7 @@ TINY = ["--preset", "tiny", "--batch", "4", "--seq", "32", "--device", "cpu", "-
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    en, _ = default_corpus_files("train")
+    en = default_corpus_files("train")[0]
     path = tmp_path_factory.mktemp("corpus") / "stories.txt"
     path.write_text(en.read_text(encoding="utf-8")[:12_000], encoding="utf-8")
     return path

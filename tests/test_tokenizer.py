@@ -184,3 +184,25 @@ def test_train_from_files_errors(tmp_path):
     # vocab_size is checked before the (missing) file is read
     with pytest.raises(TokenizerError, match="vocab_size=100 is too small"):
         train_tokenizer_from_files([tmp_path / "missing.txt"], vocab_size=100)
+
+
+def test_default_tokenizer_cache_is_keyed_by_its_recipe(tmp_path, monkeypatch):
+    from minimind_edu.corpus import DEFAULT_FILES, data_dir
+
+    get_default_tokenizer()
+    base = default_tokenizer_dir()
+    assert base.name.startswith("tokenizer-6400-")
+    recipe = json.loads((base / "recipe.json").read_text())
+    assert recipe["vocab_size"] == 6400 and list(recipe["files"]) == list(DEFAULT_FILES["train"])
+    assert default_tokenizer_dir(4000).name.startswith("tokenizer-4000-")  # another vocabulary, another folder
+    copy = tmp_path / "data"
+    for name in DEFAULT_FILES["train"]:
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
+        (copy / name).symlink_to(data_dir() / name)
+    monkeypatch.setenv("MINIMIND_EDU_DATA", str(copy))
+    assert default_tokenizer_dir() == base  # the same contents elsewhere: the same tokenizer
+    changed = copy / DEFAULT_FILES["train"][-1]
+    changed.unlink()
+    changed.write_text("一个新的故事。", encoding="utf-8")
+    assert default_tokenizer_dir() != base  # a changed corpus is retrained, not served from a stale cache
+
