@@ -18,7 +18,15 @@ from .errors import InvalidArgument
 from .memory_calibration import load_calibration
 from .memory_kernels import training_kernel
 from .memory_measure import StepSpec
-from .memory_moments import StepSizes, head_block, saved_per_layer, static_terms, step_moments, worst_routing_sizes
+from .memory_moments import (
+    StepSizes,
+    head_block,
+    saved_per_layer,
+    sharded_step,
+    static_terms,
+    step_moments,
+    worst_routing_sizes,
+)
 from .model import ModelConfig
 
 GiB = 2**30
@@ -116,7 +124,9 @@ EXPLANATIONS = {
     "activations": "tensors the blocks saved for backward (per layer: norms, QK-norm, q/k/v, attention, SwiGLU or "
                    "router and experts, dropout masks, residual)",
     "head": "final norm, LM head input, fp32 log_softmax of the logits saved by cross-entropy",
-    "transient": "buffers alive only at the peak moment (logits gradients, optimizer temporaries, ...)",
+    "transient": "buffers alive only at the peak moment (logits gradients, optimizer temporaries, FSDP's "
+                 "gathered weights, ...)",
+    "gradient_buckets": "DDP's flat buckets of gradients for the all-reduce (one more fp32 copy of all gradients)",
 }
 OVERHEAD_EXPLANATIONS = {
     "cuda_context": "CUDA context and loaded kernels (approx. 500 MiB; not measured here, varies with driver/GPU)",
@@ -151,6 +161,8 @@ class MemoryEstimate:
     # MoE: the peak if every token were routed to the same experts (the estimate assumes balanced routing)
     worst_routing_peak_bytes: int | None = None
     calibration: str = ""  # CUDA: how the overhead was calibrated on this machine's GPU ("" : the constants)
+    world_size: int = 1  # GPUs training data-parallel; the terms are one GPU's
+    strategy: str = "ddp"
 
     @property
     def peak_bytes(self) -> int:
@@ -184,9 +196,11 @@ class MemoryEstimate:
 def estimate(model_config: ModelConfig, batch_size: int, seq_len: int, *, precision: str = "bf16",
              optimizer: str = "adamw", attention: str | None = None, checkpointing: bool = False,
              grad_accum_steps: int = 1, device: str = "cpu", gpu: str | GPUCard | float | None = None,
-             calibration: bool = True) -> MemoryEstimate:
-    """:func:`estimate_step` with the step given as keywords (see :class:`StepSpec`)."""
-    spec = StepSpec(batch_size, seq_len, precision, optimizer, attention, checkpointing, grad_accum_steps, device)
+             calibration: bool = True, world_size: int = 1, strategy: str = "ddp") -> MemoryEstimate:
+    """:func:`estimate_step` with the step given as keywords (see :class:`StepSpec`). ``world_size`` GPUs
+    with ``strategy`` ("ddp", "zero1", "fsdp"): the peak of one GPU, each running ``batch_size`` sequences."""
+    spec = StepSpec(batch_size, seq_len, precision, optimizer, attention, checkpointing, grad_accum_steps, device,
+                    world_size, strategy)
     return estimate_step(model_config, spec, gpu, calibration)
 
 
@@ -210,15 +224,15 @@ def estimate_step(model_config: ModelConfig, spec: StepSpec, gpu: str | GPUCard 
     card = get_gpu(gpu) if gpu is not None else None
     kernel = training_kernel(cfg, spec, card.capability if card is not None else None)
     sizes = StepSizes(cfg, spec, kernel)
-    static = static_terms(sizes)
+    static, moments = sharded_step(sizes, static_terms(sizes), step_moments(sizes))
     static_bytes = sum(static.values())
-    moments = step_moments(sizes)
     alive = [static_bytes + sum(moment.terms.values()) for moment in moments]  # bytes alive at each moment
     peak = moments[alive.index(max(alive))]  # the first of equal moments on a tie
     worst = None
     if cfg.num_experts:
         worst_sizes = worst_routing_sizes(sizes)
-        worst = static_bytes + max(sum(m.terms.values()) for m in step_moments(worst_sizes))
+        worst = static_bytes + max(sum(m.terms.values())
+                                   for m in sharded_step(worst_sizes, static, step_moments(worst_sizes))[1])
     phase_peaks: dict[str, int] = {}
     for moment, nbytes in zip(moments, alive):
         phase_peaks[moment.phase] = max(phase_peaks.get(moment.phase, 0), nbytes)
@@ -242,7 +256,7 @@ def estimate_step(model_config: ModelConfig, spec: StepSpec, gpu: str | GPUCard 
         peak_phase=peak.phase, terms={**static, **peak.terms}, activations_per_layer=saved_per_layer(sizes),
         head_block={**head_block(sizes), "lm_head_weight_copy": sizes.lm_head_cast}, transients=peak.transients,
         phase_peaks=phase_peaks, overhead=overhead, kernel=kernel.name, kernel_description=kernel.describe(),
-        worst_routing_peak_bytes=worst, calibration=calibrated,
+        worst_routing_peak_bytes=worst, calibration=calibrated, world_size=spec.world_size, strategy=spec.strategy,
     )
 
 

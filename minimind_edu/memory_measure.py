@@ -41,8 +41,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from .device import PRECISIONS, autocast_dtype
+from .distributed import ProcessGroup
 from .model import MiniMind, ModelConfig
 from .optim import OPTIMIZERS, optimizer_by_name
+from .sharding import STRATEGIES, gradient_sync, shard
 
 PHASES = ("forward", "backward", "optimizer")
 ATTENTIONS = ("sdpa", "naive")
@@ -58,6 +60,8 @@ class StepSpec:
     the model config's. ``checkpointing`` recomputes each block in backward. ``grad_accum_steps`` micro-batches
     of ``batch_size`` make one optimizer step. ``device``: "cpu" or "cuda", where the step runs (measured) or
     is meant to run (estimated: CUDA adds the framework overhead and picks CUDA's AdamW kernel).
+    ``world_size`` ranks train data-parallel with ``strategy`` (:data:`~minimind_edu.sharding.STRATEGIES`),
+    each on ``batch_size`` sequences: the step is one rank's (its GPU's); 1 is a single GPU, whatever the strategy.
     A bad value raises ``ValueError`` naming the field and what it may be.
     """
 
@@ -69,16 +73,21 @@ class StepSpec:
     checkpointing: bool = False
     grad_accum_steps: int = 1
     device: str = "cpu"
+    world_size: int = 1
+    strategy: str = "ddp"
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "seq_len", "grad_accum_steps"):
+        for name in ("batch_size", "seq_len", "grad_accum_steps", "world_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name, allowed in (("precision", PRECISIONS), ("optimizer", OPTIMIZERS), ("attention", ATTENTIONS),
-                              ("device", DEVICES)):
+                              ("device", DEVICES), ("strategy", STRATEGIES)):
             value = getattr(self, name)
             if value not in allowed and not (name == "attention" and value is None):
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+        if self.world_size > 1 and self.strategy != "ddp" and self.optimizer != "adamw":
+            raise ValueError(f"strategy {self.strategy!r} shards the trainer's AdamW: optimizer must be 'adamw', "
+                             f"got {self.optimizer!r}")
 
 
 def available_ram_bytes() -> int | None:
@@ -317,3 +326,100 @@ def _measure_cuda(model_config: ModelConfig, spec: StepSpec, seed: int) -> Measu
     finally:
         del model, opt, ids, targets
         torch.cuda.empty_cache()
+
+
+# --- one rank of a data-parallel step -----------------------------------------------------------------------
+class ShardedStorageTracker(StorageTracker):
+    """A :class:`StorageTracker` for DDP, ZeRO-1 and FSDP2 steps. FSDP2 frees a block's gathered weights by
+    shrinking their storage to 0 bytes and regrows it for the next all-gather (``storage.resize_``, which no
+    operator reports), so storages are keyed by their identity rather than their address, and after every
+    operator the live total is summed again from every tracked storage's current size. ``DTensor`` outputs
+    (FSDP's sharded parameters and gradients) are counted by their local shard."""
+
+    def _add(self, storage: torch.UntypedStorage) -> None:
+        if storage.device.type == "meta":
+            return
+        key = storage._cdata
+        if key in self._refs:
+            return
+        self._refs[key] = weakref.ref(storage, lambda _ref, key=key: self._free(key))
+        self._sizes[key] = storage.nbytes()
+        self._resum()
+
+    def _free(self, key: int) -> None:
+        self._refs.pop(key, None)
+        self._sizes.pop(key, None)
+        self.live = sum(self._sizes.values())
+
+    def _resum(self) -> None:
+        for key, ref in self._refs.items():
+            storage = ref()
+            if storage is not None:
+                self._sizes[key] = storage.nbytes()
+        self.live = sum(self._sizes.values())
+        self._note()
+
+    def watch(self, *tensors: torch.Tensor | None) -> None:
+        super().watch(*[getattr(t, "_local_tensor", t) for t in tensors])
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self._add(getattr(t, "_local_tensor", t).untyped_storage())
+        self._resum()
+        if self.timeline is not None:
+            self.timeline.append((self.phase, self.live))
+        return out
+
+
+def measure_sharded_step(model_config: ModelConfig, spec: StepSpec, group: ProcessGroup,
+                         seed: int = 0) -> Measurement:
+    """This rank's peak memory over the second of two training steps under ``spec.strategy`` (CPU, gloo).
+
+    Every rank of a process group of ``spec.world_size`` calls it (under ``torchrun``): the model is built, then
+    :func:`minimind_edu.sharding.shard` wraps it while the tracker watches, so DDP's gradient buckets, ZeRO's
+    optimizer shard and FSDP's sharded parameters are all counted. The step is the trainer's: forward under
+    autocast, backward, AdamW, no clipping (its temporaries are one scalar per tensor)."""
+    if spec.device != "cpu":
+        raise ValueError("measure_sharded_step measures on the CPU (gloo); the estimate covers CUDA")
+    if spec.world_size != group.world_size:
+        raise ValueError(f"spec.world_size={spec.world_size} but the process group has {group.world_size} ranks")
+    if spec.precision == "fp16":
+        raise ValueError("measure_sharded_step: fp16's grad scaler is not measured under sharding; use bf16 or fp32")
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    cfg = replace(model_config, attention=spec.attention) if spec.attention else model_config
+    model = MiniMind(cfg)
+    model.train()
+    model.gradient_checkpointing = spec.checkpointing
+    gen = torch.Generator().manual_seed(seed + 1 + group.rank)
+    ids = torch.randint(0, cfg.vocab_size, (spec.batch_size, spec.seq_len), generator=gen)
+    targets = torch.randint(0, cfg.vocab_size, (spec.batch_size, spec.seq_len), generator=gen)
+    tracker = ShardedStorageTracker()
+    tracker.watch(ids, targets, *model.parameters(), *model.buffers())
+    dtype = autocast_dtype(spec.precision)
+    with tracker:
+        sharded = shard(model, group, spec.strategy, lr=1e-4, weight_decay=0.1, precision=spec.precision)
+
+        def step(on_phase: Callable[[str], None]) -> None:
+            for micro in range(spec.grad_accum_steps):
+                on_phase("forward")
+                with gradient_sync(sharded, micro == spec.grad_accum_steps - 1):
+                    with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+                        loss = sharded.forward_model(ids, targets).loss
+                    if spec.grad_accum_steps > 1:
+                        loss = loss / spec.grad_accum_steps
+                    on_phase("backward")
+                    loss.backward()
+                    del loss
+            on_phase("optimizer")
+            sharded.optimizer.step()
+            sharded.optimizer.zero_grad(set_to_none=True)
+
+        step(lambda _: None)
+        tracker.reset_peaks()
+        step(tracker.set_phase)
+    return Measurement(device="cpu", fits=True, peak_bytes=tracker.peak,
+                       phase_peaks={k: v for k, v in tracker.phase_peaks.items() if k in PHASES},
+                       seconds=time.perf_counter() - start)

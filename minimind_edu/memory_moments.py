@@ -363,3 +363,91 @@ def step_moments(s: StepSizes) -> list[Moment]:
     return ([_forward_end(s), _backward_start(s)] + (_naive_softmax(s) if s.kernel.quadratic else [])
             + _swiglu_backward(s)
             + [_backward_end(s)] + _optimizer_step(s))
+
+
+# --- one GPU of several: DDP, ZeRO-1, FSDP2 -----------------------------------------------------------------
+def _parameter_shapes(cfg: ModelConfig) -> tuple[list[list[tuple[int, ...]]], list[tuple[int, ...]], int]:
+    """Shapes of every parameter per AdamW group (``optim.param_groups`` order), of the root unit's
+    (embedding = tied LM head, final norm, untied head) and the count of one block's elements. From a model
+    built on the meta device: no memory."""
+    import torch
+
+    from .model import MiniMind
+    from .optim import param_groups
+
+    with torch.device("meta"):
+        model = MiniMind(cfg)
+    groups = [[tuple(p.shape) for p in g["params"]] for g in param_groups(model, 0.0)]
+    in_blocks = {id(p) for p in model.layers.parameters()}
+    root = [tuple(p.shape) for p in model.parameters() if id(p) not in in_blocks]
+    return groups, root, sum(p.numel() for p in model.layers[0].parameters())
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def zero1_partition(cfg: ModelConfig, world_size: int) -> list[tuple[int, int]]:
+    """(elements, tensors) of AdamW's state each rank keeps under ZeRO-1: ZeroRedundancyOptimizer's own rule,
+    group by group, largest tensor first, each to the rank holding the fewest elements so far."""
+    groups, _, _ = _parameter_shapes(cfg)
+    sizes, tensors = [0] * world_size, [0] * world_size
+    for shapes in groups:
+        for numel in sorted((_numel(s) for s in shapes), reverse=True):
+            rank = sizes.index(min(sizes))
+            sizes[rank] += numel
+            tensors[rank] += 1
+    return list(zip(sizes, tensors))
+
+
+def fsdp_shard_elements(shape: tuple[int, ...], world_size: int) -> int:
+    """Elements of one rank's FSDP2 shard of a parameter: dim 0 padded up to a multiple of the world size."""
+    return -(-shape[0] // world_size) * _numel(shape[1:])
+
+
+def sharded_step(s: StepSizes, static: dict[str, int], moments: list[Moment]) -> tuple[dict[str, int], list[Moment]]:
+    """One GPU's static terms and moments when ``s.spec.world_size`` ranks train with ``s.spec.strategy``
+    (each on its own ``batch_size``); the single-GPU ones unchanged for one rank.
+
+    * ddp: DDP copies every gradient into flat buckets (``bucket_cap_mb`` each, ``gradient_as_bucket_view``
+      off, PyTorch's default) made when DDP wraps the model: one more fp32 copy of all gradients, for good.
+    * zero1: DDP's buckets, and AdamW's m, v and step only for this rank's share of the tensors
+      (:func:`zero1_partition`; the busiest rank is the peak GPU).
+    * fsdp: weights, gradients and AdamW's state are 1/N shards (:func:`fsdp_shard_elements`), but the root
+      unit (embedding = tied LM head, final norm) is gathered whole from forward to backward's end; a block
+      is gathered while it runs (forward, and backward with the next block's prefetched all-gather), and
+      backward's start already all-gathers the last block's weights (prefetch)."""
+    world, strategy = s.spec.world_size, s.spec.strategy
+    if world == 1:
+        return static, moments
+    static = dict(static)
+    gradients = s.parameters * FP32
+    if strategy in ("ddp", "zero1"):
+        static["gradient_buckets"] = gradients
+        if strategy == "zero1":
+            elements, tensors = max(zero1_partition(s.cfg, world))
+            static["optimizer_state"] = 2 * elements * FP32 + tensors * FP32
+        return static, moments
+    groups, root, block = _parameter_shapes(s.cfg)
+    shard = sum(fsdp_shard_elements(shape, world) for g in groups for shape in g)
+    static["weights"] = shard * FP32
+    static["optimizer_state"] = 2 * shard * FP32 + FP32 * s.weight_tensors
+    root_bytes = sum(_numel(shape) for shape in root) * FP32
+    block_bytes = block * FP32
+    out = []
+    for m in moments:
+        if m.phase == "optimizer":
+            gathered = 0
+        elif m.name.startswith(("forward's end", "backward's start")):
+            gathered = root_bytes + (block_bytes if m.phase == "backward" else 0)
+        elif m.name.startswith("backward's end"):
+            gathered = root_bytes
+        else:  # inside a block: it and, in backward, the prefetched next one
+            gathered = root_bytes + block_bytes * (2 if m.phase == "backward" else 1)
+        grads = -(-m.gradients // world) if m.phase == "optimizer" else m.gradients // world
+        out.append(Moment(m.phase, m.name, grads, m.low_precision_weights, m.activations, m.head,
+                          {**m.transients, "gathered_weights": gathered}))
+    return static, out

@@ -256,6 +256,9 @@ class Trainer:
             "warmup_end_s": -1.0 if self.warmup_end_s is None else self.warmup_end_s,
             "progress": self._progress,
             "finished": self.finished,
+            # what the budget planner has measured, so that a resumed run plans its end with real figures
+            "eval_s": -1.0 if self._eval_s is None else self._eval_s,
+            "save_s": -1.0 if self._save_s is None else self._save_s,
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "data": self.batches.state_dict(),
@@ -306,6 +309,8 @@ class Trainer:
             self.warmup_end_s = None if state.get("warmup_end_s", -1.0) < 0 else float(state["warmup_end_s"])
             self._progress = float(state.get("progress", 0.0))
             self.finished = bool(state.get("finished", False))
+            self._eval_s = None if state.get("eval_s", -1.0) < 0 else float(state["eval_s"])
+            self._save_s = None if state.get("save_s", -1.0) < 0 else float(state["save_s"])
         torch.set_rng_state(state["rng_cpu"])
         if "rng_cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng_cuda"])
