@@ -97,6 +97,7 @@ def add_memory_command(sub: argparse._SubParsersAction) -> None:
     from .device import PRECISIONS
     from .memory_measure import ATTENTIONS
     from .optim import OPTIMIZERS
+    from .sharding import STRATEGIES
 
     p = sub.add_parser("memory", help="estimate (and optionally measure) the memory of a training step")
     p.add_argument("--preset", default="minimind2-small", help="model preset (default: minimind2-small)")
@@ -110,6 +111,9 @@ def add_memory_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--attention", choices=ATTENTIONS, help="default: the preset's")
     p.add_argument("--checkpointing", action="store_true", help="recompute each block in backward")
     p.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
+    p.add_argument("--gpus", type=int, default=1, metavar="N", help="data-parallel GPUs: the estimate is per GPU")
+    p.add_argument("--strategy", choices=STRATEGIES, default="ddp",
+                   help="with --gpus > 1: ddp (full copy each), zero1 (AdamW state sharded), fsdp (all sharded)")
     p.add_argument("--gpu", help="GPU card preset (e.g. rtx-4090, t4) or size in GB: adds CUDA overhead, picks the "
                    "attention kernel that card runs, and checks the fit")
     p.add_argument("--measure", action="store_true", help="also run real training steps on this machine")
@@ -146,7 +150,7 @@ def add_memory_command(sub: argparse._SubParsersAction) -> None:
                 size = None
             gpu = get_gpu(args.gpu if size is None else size)
         spec = StepSpec(args.batch, args.seq, args.precision, args.optimizer, args.attention, args.checkpointing,
-                        args.grad_accum)
+                        args.grad_accum, world_size=args.gpus, strategy=args.strategy)
         report = memory_report(cfg, spec, gpu, measure=args.measure, model_name=args.preset)
         print(json.dumps(report.to_dict(), indent=2) if args.json else report.format())
         if args.timeline:

@@ -43,7 +43,8 @@ class MemoryReport:
         spec, est, m = self.spec, self.estimate, self.measured
         lines = [f"{self.model_name} ({est.num_parameters:,} parameters), batch {spec.batch_size} x {spec.seq_len} "
                  f"tokens, {spec.precision}, {est.attention} attention, optimizer {spec.optimizer}"
-                 + (", checkpointing" if spec.checkpointing else ""),
+                 + (", checkpointing" if spec.checkpointing else "")
+                 + (f"; per GPU of {spec.world_size} ({spec.strategy})" if spec.world_size > 1 else ""),
                  format_table(est, m.peak_bytes if m and m.fits else None),
                  f"attention: {est.kernel_description}" + (f" on {self.gpu.name}" if self.gpu else "")]
         if est.worst_routing_peak_bytes is not None:
@@ -77,6 +78,9 @@ def memory_report(model_config: ModelConfig, spec: StepSpec, gpu: str | GPUCard 
                   measure: bool = False, model_name: str = "model") -> MemoryReport:
     """Estimate ``spec``, for CUDA when a ``gpu`` card (a preset name, a GPUCard or GB) is given; measure it on
     this machine's default device if ``measure``; for a card, find the largest batch that fits at its length."""
+    if measure and spec.world_size > 1:
+        raise InvalidArgument("measure", "measures one process on this machine; a per-GPU figure for several GPUs "
+                              "is measured by tests/test_memory_sharded.py under torchrun")
     card = get_gpu(gpu) if gpu is not None else None
     if card is not None:
         spec = replace(spec, device="cuda")

@@ -118,3 +118,15 @@ def test_gpu_grid_script_dry_run_on_cpu(tmp_path):
                    check=True, cwd=root / "benchmarks", capture_output=True, timeout=120)
     lines = (tmp_path / "memory_grid_dry-run-cpu.csv").read_text().splitlines()
     assert lines[0].startswith("gpu,model,hidden") and len(lines) == 4
+
+
+def test_several_gpus_give_the_per_gpu_estimate(capsys):
+    args = ["memory", "--preset", "tiny", "--layers", "3", "--batch", "4", "--seq", "64", "--json"]
+    assert main([*args, "--gpus", "4", "--strategy", "fsdp"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    est = estimate(replace(get_preset("tiny"), num_layers=3), 4, 64, world_size=4, strategy="fsdp")
+    assert out["terms"] == est.terms and out["world_size"] == 4 and out["strategy"] == "fsdp"
+    single = estimate(replace(get_preset("tiny"), num_layers=3), 4, 64)
+    assert est.terms["weights"] < single.terms["weights"]  # FSDP keeps a quarter of the weights per GPU
+    assert main([*args, "--gpus", "2", "--measure"]) == 2  # measuring is one process: not a per-GPU figure
+    assert "--measure measures one process on this machine" in capsys.readouterr().err
