@@ -126,15 +126,16 @@ def _write_state(state: dict, path: Path) -> None:
 
 
 def save_checkpoint_dir(out_dir: Path, step: int, model: MiniMind, state: dict, configs: dict,
-                        tokenizer_dir: Path | None, keep_last: int) -> Path:
-    """Write a checkpoint folder atomically (temporary folder, then one rename) and prune old ones."""
+                        tokenizer_dir: Path | None, keep_last: int, weights: dict | None = None) -> Path:
+    """Write a checkpoint folder atomically (temporary folder, then one rename) and prune old ones.
+    ``weights``: the model's whole state dict when ``model`` itself holds only a shard of it (FSDP)."""
     folder = out_dir / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob(".tmp-*"):  # left by a run killed mid-write: never loadable, so remove
         shutil.rmtree(stale, ignore_errors=True)
     tmp = folder / f".tmp-{_step_dir_name(step)}-{os.getpid()}"
     tmp.mkdir()
-    weights = clean_state_dict(model.state_dict())
+    weights = clean_state_dict(weights if weights is not None else model.state_dict())
     if model.config.tie_word_embeddings:
         # the same tensor as embed_tokens.weight: safetensors refuses shared storage, and loading re-ties it
         weights.pop("lm_head.weight", None)

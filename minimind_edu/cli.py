@@ -207,6 +207,9 @@ def add_pretrain_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=["auto", "text", "jsonl"], default="auto",
                    help="how to read --data files (default: by their content, whatever their suffix)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--strategy", choices=["ddp", "zero1", "fsdp"], default="ddp",
+                   help="under torchrun: ddp (a full copy per GPU), zero1 (AdamW state sharded), fsdp (weights, "
+                   "gradients and AdamW state sharded); checkpoints load under any of them")
     p.add_argument("--eval-every", type=int, default=None,
                    help="validate every N steps (default: ~20 times per run; 0: only at the end)")
     p.add_argument("--log-every", type=int, default=10)
@@ -231,6 +234,7 @@ def _run_pretrain(args: argparse.Namespace) -> int:
         epochs=args.epochs, minutes=args.minutes, batch=args.batch, seq=args.seq, accum=args.accum, lr=args.lr,
         warmup=args.warmup, precision=args.precision, device=args.device, out=args.out, seed=args.seed,
         resume=args.resume, force=args.force, overwrite=args.overwrite, format=args.format, compile=args.compile,
+        strategy=args.strategy,
         eval_every=args.eval_every, log_every=args.log_every, save_every=args.save_every, samples=args.samples,
         progress=not args.no_progress,
     )

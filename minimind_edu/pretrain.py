@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 import torch
 
-from .checkpoint import latest_checkpoint
+from .checkpoint import latest_checkpoint, load_model
 from .corpus import FORMATS
 from .data import TokenData, load_splits
 from .device import autocast_dtype, check_precision, resolve_device, resolve_precision
@@ -127,6 +127,7 @@ class PretrainOptions:
     overwrite: bool = False  # a new run in an ``out`` that holds an earlier one, which is moved aside first
     format: str = "auto"  # how the data files are read: "auto" (by content), "text" or "jsonl"
     compile: bool = False
+    strategy: str = "ddp"  # under torchrun: ddp, zero1 or fsdp (see minimind_edu.sharding)
     eval_every: int | None = None  # None: about 20 evaluations per run
     log_every: int = 10
     save_every: int | None = None  # None: about 10 checkpoints per run
@@ -196,7 +197,7 @@ def run_pretrain(options: PretrainOptions, out: TextIO | None = None) -> dict[st
         model=preset, batch_size=batch, seq_len=seq, grad_accum_steps=o.accum, precision=o.precision,
         device=o.device, log_every=o.log_every, out_dir=str(out_dir), seed=o.seed, compile=o.compile,
         train_data=o.data, valid_data=o.valid_data, tokenizer_dir=o.tokenizer, progress=o.progress,
-        data_format=o.format, **extra,
+        data_format=o.format, strategy=o.strategy, **extra,
     )
     precision = resolve_precision(o.precision, device)
     schedule = f"{budget:g} minutes" if budget is not None else f"{max_steps} steps"
@@ -212,7 +213,8 @@ def run_pretrain(options: PretrainOptions, out: TextIO | None = None) -> dict[st
     result = trainer.run()
     if not trainer.is_main:  # under torchrun only rank 0 samples, evaluates and writes the summary
         return None
-    model = result.model.eval()
+    # Several ranks: the trained weights may be sharded (FSDP), and rank 0 samples alone: read them whole.
+    model = load_model(result.checkpoint, device) if trainer.world_size > 1 else result.model.eval()
     tokenizer = load_tokenizer(result.checkpoint or cfg.tokenizer_dir or default_tokenizer_dir())
     if result.history:
         plot_metrics(result.history, out_dir / "loss_curve.png", title=f"{preset}, {device}")

@@ -22,7 +22,7 @@ from .data import TokenData
 # tokenizer are compared by content (the identity below), not by the path they were given as.
 HARMLESS = frozenset({"max_steps", "time_budget_min", "probe_steps", "eval_every", "eval_batches", "log_every",
                       "save_every", "keep_last", "out_dir", "compile", "progress", "measure_mfu", "device",
-                      "train_data", "valid_data", "tokenizer_dir"})
+                      "train_data", "valid_data", "tokenizer_dir", "strategy"})
 
 
 def _files(paths: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
@@ -52,13 +52,20 @@ def _describe(value: Any) -> str:
     return repr(value)
 
 
-def resume_differences(saved: dict[str, Any], train_config: dict[str, Any], identity: dict[str, Any]) -> list[str]:
+def resume_differences(saved: dict[str, Any], train_config: dict[str, Any], identity: dict[str, Any],
+                       world_size: int = 1) -> list[str]:
     """Every difference between a checkpoint's ``config.json`` (``saved``) and the run about to continue it
-    that changes what training computes, each as ``name: before -> now``; empty when it may continue."""
+    that changes what training computes, each as ``name: before -> now``; empty when it may continue.
+    ``world_size``: the processes about to continue it; what must match is the global batch (per-process batch
+    x processes), since the data position counts sequences of all ranks together."""
     differences = []
     saved_train = saved.get("train", {})
+    saved_world = saved.get("world_size", 1)
+    if saved_train.get("batch_size", 0) * saved_world != train_config.get("batch_size", 0) * world_size:
+        differences.append(f"batch_size: {saved_train.get('batch_size')!r} -> {train_config.get('batch_size')!r}"
+                           + (f" (x {saved_world} -> x {world_size} processes)" if saved_world != world_size else ""))
     for name in sorted(set(saved_train) | set(train_config)):
-        if name in HARMLESS or name == "model":
+        if name in HARMLESS or name in ("model", "batch_size"):
             continue
         before, now = saved_train.get(name), train_config.get(name)
         if before != now:

@@ -48,7 +48,9 @@ on CPU the losses that follow are bit-identical to a run that was never interrup
 
 Distributed: run the same script under ``torchrun --nproc_per_node N`` (nccl on GPUs, gloo on CPU).
 Each rank takes its own slice of every global batch of ``batch_size * world_size`` sequences, so N ranks
-with ``batch_size=B`` train exactly like one process with ``batch_size=N*B``; only rank 0 logs and saves.
+with ``batch_size=B`` train like one process with ``batch_size=N*B`` (to float rounding); only rank 0 logs
+and saves. ``cfg.strategy`` chooses what each rank keeps (:mod:`~minimind_edu.sharding`: DDP, ZeRO-1, FSDP2);
+checkpoints hold whole tensors, so a run resumes under any strategy and number of ranks.
 """
 from __future__ import annotations
 
@@ -77,6 +79,7 @@ from .model import MiniMind
 from .optim import lr_at, make_optimizer
 from .resume import resume_differences, run_identity
 from .run_folder import RunLock, check_out_dir, prepare_run_folder
+from .sharding import Sharded, clip_grad_norm, full_state_dict, gradient_sync, load_full_state_dict, shard
 from .tokenizer import default_tokenizer_dir
 from .train_config import TrainConfig
 
@@ -161,7 +164,16 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         self.model = MiniMind(self.model_cfg).to(device)
-        self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay, cfg.betas)
+        self.sharded: Sharded | None = None  # several processes: the model wrapped for cfg.strategy
+        if self.world_size > 1:
+            if cfg.strategy == "fsdp" and self.precision == "fp16":
+                raise ValueError("strategy fsdp with fp16 is not supported (its GradScaler would need sharded "
+                                 "gradients); use bf16, fp32, or another strategy")
+            self.sharded = shard(self.model, self.group, cfg.strategy, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                 betas=cfg.betas)
+            self.optimizer = self.sharded.optimizer
+        else:
+            self.optimizer = make_optimizer(self.model, cfg.lr, cfg.weight_decay, cfg.betas)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
         self.step = 0
         self.max_steps = cfg.max_steps
@@ -179,10 +191,7 @@ class Trainer:
         if resume:
             self._resume(force)
 
-        self.fwd_model: torch.nn.Module = self.model
-        if self.world_size > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-            self.fwd_model = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.fwd_model = self.sharded.forward_model if self.sharded is not None else self.model
         if cfg.compile:
             self.fwd_model = torch.compile(self.fwd_model)
         self._flops_per_token = flops.training_flops_per_token(self.model_cfg, cfg.seq_len)
@@ -212,10 +221,10 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(accum):
             inputs, targets = (t.to(self.device, non_blocking=True) for t in self.batches.next())
-            # DDP: average gradients across ranks only on the last micro-batch, not on every one.
+            # Several ranks: average (or reduce-scatter) gradients only on the last micro-batch, not on every one.
             sync = contextlib.nullcontext()
-            if self.world_size > 1 and micro < accum - 1:
-                sync = self.fwd_model.no_sync() if hasattr(self.fwd_model, "no_sync") else sync
+            if self.sharded is not None:
+                sync = gradient_sync(self.sharded, micro == accum - 1)
             with sync:
                 with autocast(self.device, self.precision):
                     loss = self.fwd_model(inputs, targets).loss / accum  # mean over the step, not a sum
@@ -223,7 +232,10 @@ class Trainer:
             loss_sum += loss.detach()
         self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the fp16-scaled ones
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        if self.sharded is not None:  # under FSDP each rank holds a shard of every gradient
+            grad_norm = clip_grad_norm(self.sharded, max_norm)
+        else:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -246,7 +258,8 @@ class Trainer:
         return total / len(batches)
 
     # -- checkpoints --------------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
+    def state_dict(self, optimizer_state: dict | None = None) -> dict:
+        """What a resume needs besides the weights; ``optimizer_state``: the optimizer's, gathered from shards."""
         state = {
             "version": STATE_VERSION,
             "step": self.step,
@@ -259,7 +272,7 @@ class Trainer:
             # what the budget planner has measured, so that a resumed run plans its end with real figures
             "eval_s": -1.0 if self._eval_s is None else self._eval_s,
             "save_s": -1.0 if self._save_s is None else self._save_s,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer_state if optimizer_state is not None else self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "data": self.batches.state_dict(),
             "world_size": self.world_size,
@@ -270,12 +283,17 @@ class Trainer:
         return state
 
     def save_checkpoint(self) -> Path | None:
-        if not self.is_main or self.out_dir is None:
+        if self.out_dir is None:
             return None
-        configs = {"model": self.model_cfg.to_dict(), "train": self.cfg.to_dict(),
+        weights = optimizer_state = None
+        if self.sharded is not None:  # whole weights and optimizer state, whatever the strategy: a collective
+            weights, optimizer_state = full_state_dict(self.sharded)
+        if not self.is_main:
+            return None
+        configs = {"model": self.model_cfg.to_dict(), "train": self.cfg.to_dict(), "world_size": self.world_size,
                    "tokenizer": str(self.tokenizer_dir), "identity": self.identity, "step": self.step}
-        self.checkpoint = save_checkpoint_dir(self.out_dir, self.step, self.model, self.state_dict(), configs,
-                                              self.tokenizer_dir, self.cfg.keep_last)
+        self.checkpoint = save_checkpoint_dir(self.out_dir, self.step, self.model, self.state_dict(optimizer_state),
+                                              configs, self.tokenizer_dir, self.cfg.keep_last, weights=weights)
         return self.checkpoint
 
     def _resume(self, force: bool) -> None:
@@ -290,7 +308,7 @@ class Trainer:
             changed = sorted(k for k, v in self.model_cfg.to_dict().items() if saved["model"].get(k) != v)
             raise RunError(f"{ckpt}: the checkpoint's model differs from this run's ({', '.join(changed)}); its "
                            "weights cannot continue as another model: resume with the same --preset, or a new --out")
-        differences = resume_differences(saved, self.cfg.to_dict(), self.identity)
+        differences = resume_differences(saved, self.cfg.to_dict(), self.identity, self.world_size)
         if differences and not force:
             raise RunError(f"{ckpt}: cannot resume, {len(differences)} setting(s) differ from the checkpoint's: "
                            f"{'; '.join(differences)}. Resume with the same settings, or add --force to continue "
@@ -299,8 +317,12 @@ class Trainer:
             print(f"resume --force: continuing {ckpt} with changed settings: {'; '.join(differences)}",
                   file=sys.stderr)
         state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
-        self.model.load_state_dict(load_model(ckpt).state_dict())
-        self.optimizer.load_state_dict(state["optimizer"])
+        weights = load_model(ckpt).state_dict()
+        if self.sharded is not None:  # checkpoints hold whole tensors: any strategy and world size loads them
+            load_full_state_dict(self.sharded, weights, state["optimizer"])
+        else:
+            self.model.load_state_dict(weights)
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.batches.load_state_dict(state["data"])
         self.step, self.max_steps = state["step"], state["max_steps"]

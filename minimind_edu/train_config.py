@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, fields
 from .corpus import check_format
 from .device import check_precision
 from .model import ModelConfig, get_preset
+from .sharding import check_strategy
 
 
 @dataclass
@@ -46,6 +47,7 @@ class TrainConfig:
     train_data: str | list[str] | None = None  # None: the shipped corpus
     valid_data: str | list[str] | None = None  # None: shipped valid files, or a held-out doc range of train_data
     valid_fraction: float = 0.02
+    strategy: str = "ddp"  # under torchrun: "ddp" | "zero1" (AdamW state sharded) | "fsdp" (all sharded)
     data_format: str = "auto"  # "auto" (by content) | "text" | "jsonl": how the data files are read
     tokenizer_dir: str | None = None  # None: the course tokenizer (cache_dir()/tokenizer)
     progress: bool = True  # tqdm bar
@@ -81,6 +83,7 @@ class TrainConfig:
         if not self.lr > 0:
             raise ValueError(f"TrainConfig.lr must be positive, got {self.lr}")
         check_format(self.data_format)
+        check_strategy(self.strategy)
         check_precision(self.precision, allow_auto=True)
         if self.batch_kind not in ("packed", "padded"):
             raise ValueError(f'batch_kind must be "packed" or "padded", got {self.batch_kind!r}')

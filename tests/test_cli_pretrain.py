@@ -12,6 +12,8 @@ from minimind_edu.cli import main
 from minimind_edu.corpus import default_corpus_files
 from minimind_edu.metrics import read_metrics
 
+from launch import run_torchrun
+
 TINY = ["--preset", "tiny", "--batch", "4", "--seq", "32", "--device", "cpu", "--no-progress", "--log-every", "1"]
 
 
@@ -209,8 +211,6 @@ def test_the_same_command_under_torchrun_equals_one_process(corpus, tmp_path):
     """`torchrun --nproc_per_node 2 -m minimind_edu.cli pretrain` (gloo on CPU): --batch is per process, so
     2 x 2 sequences per step must give the losses of one process with 4, and only rank 0 writes records."""
     import os
-    import subprocess
-    import sys
 
     common = ["--preset", "tiny", "--seq", "32", "--device", "cpu", "--no-progress", "--log-every", "1",
               "--precision", "fp32", "--data", str(corpus), "--steps", "3", "--eval-every", "3",
@@ -218,10 +218,8 @@ def test_the_same_command_under_torchrun_equals_one_process(corpus, tmp_path):
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     assert main(["pretrain", *common, "--batch", "4", "--out", str(single)]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "minimind_edu.cli", "pretrain", *common, "--batch", "2", "--out", str(ddp)],
-        env=env, capture_output=True, text=True, timeout=240)
+    proc = run_torchrun(["-m", "minimind_edu.cli", "pretrain", *common, "--batch", "2", "--out", str(ddp)],
+                        env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = read_metrics(single), read_metrics(ddp)
     assert [r["step"] for r in b] == [r["step"] for r in a] == [1, 2, 3]  # rank 0 alone wrote the file

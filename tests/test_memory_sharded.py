@@ -15,8 +15,9 @@ from minimind_edu.model import get_preset
 from minimind_edu.sharding import STRATEGIES
 
 sys.path.insert(0, str(Path(__file__).parent))
-import sharding_memory_worker as worker  # noqa: E402
 from test_sharding import torchrun  # noqa: E402
+
+import sharding_memory_worker as worker  # noqa: E402
 
 # FSDP with one sequence of 32 tokens at hidden 256: the peak is where the root unit's (embedding = LM head)
 # gradients are reduce-scattered at backward's end, which the model does not yet follow (estimate 10.6% low).

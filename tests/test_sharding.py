@@ -12,12 +12,9 @@ bf16's precision only (3e-2 relative; measured 6.7e-6 over these 3 steps from in
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -29,6 +26,7 @@ from minimind_edu.sharding import STRATEGIES, check_strategy
 
 sys.path.insert(0, str(Path(__file__).parent))
 import sharding_worker as worker  # noqa: E402
+from launch import run_torchrun  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,17 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def torchrun(script: Path, *args: str, nproc: int = 2, timeout: float = 120) -> None:
     """Run ``script`` under torchrun, one launch at a time on this machine: two concurrent ``--standalone``
     launches (pytest-xdist workers) can pick the same free port and join each other's gloo group."""
-    lock = Path(tempfile.gettempdir()) / "minimind_edu_torchrun.lock"
-    with open(lock, "w") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)
-        _torchrun(script, *args, nproc=nproc, timeout=timeout)
-
-
-def _torchrun(script: Path, *args: str, nproc: int, timeout: float) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           str(script), *args]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    done = run_torchrun([str(script), *args], nproc=nproc, env=env, capture_output=True, text=True,
+                        timeout=timeout)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
 
 
