@@ -27,6 +27,9 @@ What a CPU measurement tells about a GPU, and what it does not:
     measurement on a GPU (``benchmarks/memory_grid_gpu.py``).
   * It cannot see the CUDA context, the cuBLAS workspace or the caching allocator's reserved-but-unused
     memory, which nvidia-smi shows on top. Those are reported separately by the estimator, as approximations.
+
+At about 420 lines it is one idea: a step's shape (``StepSpec``) and the ways to run and measure exactly that
+step (CPU tracker, CUDA allocator, one rank of a sharded step) belong together.
 """
 from __future__ import annotations
 

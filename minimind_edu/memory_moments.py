@@ -16,6 +16,9 @@ Why the textbook ``34·s·b·h`` per layer is not enough here:
 * SwiGLU saves four ``intermediate_size`` tensors (gate, silu(gate), up, and their product);
 * the LM head over a 6400-word vocabulary makes an fp32 ``log_softmax`` that cross-entropy saves, and backward
   holds two more vocabulary-sized fp32 tensors at once: this block is often the step's peak.
+
+The module is longer than the course's others (about 450 lines) because the moments are one model: each
+moment reuses the same sizes, and splitting dense, MoE and sharded moments apart would scatter that model.
 """
 from __future__ import annotations
 

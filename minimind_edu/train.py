@@ -4,7 +4,7 @@ A :class:`TrainConfig` says everything about a run; :class:`Trainer` holds the m
 and step, and ``run()`` is the loop (``train()`` in one call). The pieces it is made of live in their own
 modules, so that a notebook can build each alone: the schedule and optimizer in :mod:`~minimind_edu.optim`,
 device and precision in :mod:`~minimind_edu.device`, process groups in :mod:`~minimind_edu.distributed`,
-checkpoint files in :mod:`~minimind_edu.checkpoint`. What stays here is one idea, a little under 500 lines:
+checkpoint files in :mod:`~minimind_edu.checkpoint`. What stays here is one idea, about 500 lines:
 the loop and the state it must save and restore to resume exactly (step, length or time spent, optimizer,
 data position, random state), which only make sense together.
 
