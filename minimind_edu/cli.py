@@ -162,6 +162,41 @@ def add_memory_command(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+# --- plan ------------------------------------------------------------------------------------------------------
+def add_plan_command(sub: argparse._SubParsersAction) -> None:
+    from .device import PRECISIONS
+    from .plan import DEFAULT_MFU
+    from .sharding import STRATEGIES
+
+    p = sub.add_parser("plan", help="will a pretraining run fit, and how long will it take (FLOPs and an assumed MFU)")
+    p.add_argument("--preset", default="minimind2-small", help="model preset (default: minimind2-small)")
+    p.add_argument("--batch", type=int, default=32, help="sequences per GPU per step (default 32)")
+    p.add_argument("--seq", type=int, default=512, help="tokens per sequence (default 512)")
+    p.add_argument("--precision", choices=PRECISIONS, default="bf16")
+    p.add_argument("--gpu", default="rtx-3090", help="GPU card preset (default rtx-3090)")
+    p.add_argument("--gpus", type=int, default=1, metavar="N", help="data-parallel GPUs")
+    p.add_argument("--strategy", choices=STRATEGIES, default="ddp")
+    size = p.add_mutually_exclusive_group(required=True)
+    size.add_argument("--tokens", type=int, help="tokens in one pass over the data")
+    size.add_argument("--data", nargs="+", metavar="FILE", help="corpus files whose tokens to count (.txt, .jsonl)")
+    p.add_argument("--tokenizer", metavar="DIR", help="tokenizer for --data (default: the course tokenizer)")
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--mfu", type=float, default=DEFAULT_MFU,
+                   help=f"assumed model FLOPs utilisation, 0-1 (default {DEFAULT_MFU}: an assumption, shown)")
+
+    def run(args: argparse.Namespace) -> int:
+        from .memory_measure import StepSpec
+        from .model import get_preset
+        from .plan import count_tokens, plan_training
+
+        tokens = args.tokens if args.tokens is not None else count_tokens(args.data, args.tokenizer)
+        spec = StepSpec(args.batch, args.seq, args.precision, world_size=args.gpus, strategy=args.strategy)
+        print(plan_training(get_preset(args.preset), spec, args.gpu, tokens, args.epochs, args.mfu).format())
+        return 0
+
+    p.set_defaults(func=run)
+
+
 # --- pretrain, generate, export -------------------------------------------------------------------------
 
 def add_pretrain_command(sub: argparse._SubParsersAction) -> None:
@@ -330,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     add_train_tokenizer_command(sub)
     add_presets_command(sub)
     add_memory_command(sub)
+    add_plan_command(sub)
     add_pretrain_command(sub)
     add_generate_command(sub)
     add_export_command(sub)
