@@ -15,6 +15,7 @@ from .memory import GPU_PRESETS, GiB, MemoryEstimate, MiB, estimate, get_gpu, la
 from .memory_inference import generation_memory, kv_cache_bytes
 from .memory_measure import measure
 from .model import ModelConfig, get_preset
+from .sharding import STRATEGIES
 
 if TYPE_CHECKING:  # for annotations only: matplotlib is imported inside the functions that draw
     from matplotlib.figure import Figure
@@ -23,6 +24,7 @@ BATCHES = [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256]
 SEQ_LENS = [32, 64, 128, 256, 512, 768, 1024, 1536, 2048, 3072, 4096]
 LAYERS = list(range(1, 33))
 HIDDEN_SIZES = [64, 128, 256, 384, 512, 640, 768, 1024, 1536, 2048]
+GPU_COUNTS = [1, 2, 4, 8, 16]
 BAR_TERMS = ["weights", "optimizer_state", "gradients", "low_precision_weights", "activations", "head",
              "transient", "overhead"]
 
@@ -40,6 +42,8 @@ class ExplorerState:
     attention: str = "sdpa"
     checkpointing: bool = False
     gpu: str = "rtx-4090"
+    gpus: int = 1  # data-parallel GPUs: every figure is per GPU
+    strategy: str = "ddp"  # with gpus > 1: what each GPU keeps (ddp, zero1, fsdp)
 
     def config(self, **changes) -> ModelConfig:
         s = replace(self, **changes)
@@ -51,7 +55,7 @@ class ExplorerState:
     def estimate(self, **changes) -> MemoryEstimate:
         s = replace(self, **changes)
         return estimate(s.config(), s.batch, s.seq_len, precision=s.precision, checkpointing=s.checkpointing,
-                        device="cuda", gpu=s.gpu)
+                        device="cuda", gpu=s.gpu, world_size=s.gpus, strategy=s.strategy)
 
 
 def _axis_values(values: list[int], current: int) -> list[int]:
@@ -83,10 +87,11 @@ def fit_text(state: ExplorerState) -> str:
     card = get_gpu(state.gpu)
     est = state.estimate()
     best = largest_batch(state.config(), state.seq_len, card, precision=state.precision,
-                         checkpointing=state.checkpointing)
+                         checkpointing=state.checkpointing, world_size=state.gpus, strategy=state.strategy)
     verdict = "fits" if est.fits(card) else "does NOT fit"
     calibrated = "; CUDA overhead " + est.calibration if est.calibration else ""
-    return (f"batch {state.batch} x {state.seq_len}: {est.total_with_overhead / GiB:.1f} GiB -> {verdict} on "
+    per_gpu = f" per GPU of {state.gpus} ({state.strategy})" if state.gpus > 1 else ""
+    return (f"batch {state.batch} x {state.seq_len}{per_gpu}: {est.total_with_overhead / GiB:.1f} GiB -> {verdict} on "
             f"{card.name}; largest batch that fits: {best} (peak in {est.peak_phase}); attention: "
             f"{est.kernel_description}{calibrated}")
 
@@ -257,11 +262,14 @@ class MemoryExplorer:
             "layers": w.IntSlider(value=s.layers, min=1, max=32, description="layers", **opts),
             "hidden": w.SelectionSlider(options=_axis_values(HIDDEN_SIZES, s.hidden), value=s.hidden,
                                         description="hidden", **opts),
+            "gpus": w.SelectionSlider(options=_axis_values(GPU_COUNTS, s.gpus), value=s.gpus, description="GPUs",
+                                      **opts),
             "precision": w.Dropdown(options=["bf16", "fp16", "fp32"], value=s.precision, description="precision"),
             # a dropdown, not toggle buttons: ToggleButtons puts its description on a line of its own
             "attention": w.Dropdown(options=["sdpa", "naive"], value=s.attention, description="attention"),
             "checkpointing": w.Checkbox(value=s.checkpointing, description="checkpointing"),
             "gpu": w.Dropdown(options=[(c.name, k) for k, c in GPU_PRESETS.items()], value=s.gpu, description="GPU"),
+            "strategy": w.Dropdown(options=list(STRATEGIES), value=s.strategy, description="strategy"),
         }
         self.measure_button = w.Button(description="measure this point", tooltip="run real training steps here")
         self.fit_label = w.Label()
@@ -279,7 +287,7 @@ class MemoryExplorer:
             slider.observe(self._on_change, names="value")
         self.measure_button.on_click(self._on_measure)
         sliders = list(self.sliders.values())
-        self.widget = w.VBox([w.HBox([w.VBox(sliders[:4]), w.VBox(sliders[4:])]),
+        self.widget = w.VBox([w.HBox([w.VBox(sliders[:5]), w.VBox(sliders[5:])]),
                               w.HBox([self.measure_button, self.status]), self.fit_label,
                               self.generation_label, self.legend,
                               self.image])
@@ -304,6 +312,9 @@ class MemoryExplorer:
 
     def _on_measure(self, _button=None) -> None:
         s = self.current_state()
+        if s.gpus > 1:  # a measurement here is one process: it cannot show one GPU of several
+            self.status.value = "measuring runs one process on this machine: set GPUs to 1 to measure"
+            return
         self.status.value = "measuring..."
         m = measure(s.config(), s.batch, s.seq_len, precision=s.precision, checkpointing=s.checkpointing,
                     device=self.measure_device)

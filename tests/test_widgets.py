@@ -99,3 +99,18 @@ def test_the_explorer_names_the_kernel_and_goes_quadratic_for_the_math_one():
     at = dict(zip(ex.plot_data["seq_len"]["x"], ex.plot_data["seq_len"]["allocated"]))
     assert abs((at[4096] - at[2048]) - 2 * (at[2048] - at[1024])) < 1e-9
     assert "KV cache" in ex.generation_label.value
+
+
+def test_gpu_count_and_strategy_give_the_per_gpu_estimate():
+    ex = memory_explorer("minimind2", gpu="rtx-4090", batch=16, seq_len=512)
+    one = ex.state.estimate()
+    ex.sliders["gpus"].value = 8
+    ex.sliders["strategy"].value = "fsdp"
+    eight = ex.state.estimate()
+    assert (eight.world_size, eight.strategy) == (8, "fsdp")
+    assert eight.terms == estimate(ex.state.config(), 16, 512, device="cuda", gpu="rtx-4090", world_size=8,
+                                   strategy="fsdp").terms
+    assert eight.terms["weights"] < one.terms["weights"]  # FSDP keeps an eighth of the weights per GPU
+    assert "per GPU of 8 (fsdp)" in ex.fit_label.value
+    ex.measure_button.click()  # measuring is one process here: it says so instead of measuring
+    assert ex.measured == [] and "set GPUs to 1 to measure" in ex.status.value
