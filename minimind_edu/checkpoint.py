@@ -15,7 +15,6 @@ Weights are read from safetensors only, so loading a model never runs code from 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -26,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
+from .corpus import file_digest
 from .device import precision_dtype
 from .errors import RunError
 from .hf import export_hf, load_hf
@@ -64,22 +64,16 @@ def list_checkpoints(out_dir: str | os.PathLike) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("_")[1]))
 
 
-def _hash_file(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _write_manifest(folder: Path) -> None:
-    files = {p.name: {"bytes": p.stat().st_size, "blake2b": _hash_file(p)} for p in sorted(folder.iterdir())}
+    files = {p.name: {"bytes": p.stat().st_size, "blake2b": file_digest(p)} for p in sorted(folder.iterdir())}
     (folder / MANIFEST).write_text(json.dumps({"files": files}, indent=1))
 
 
 def verify_checkpoint(folder: str | os.PathLike) -> str | None:
     """Why the checkpoint in ``folder`` cannot be trusted (a file missing, cut short or changed since it was
-    written), or None when every file matches its manifest. A checkpoint without a manifest is not checked."""
+    written), or None when every file matches its manifest. A checkpoint without a manifest is not checked.
+    Hashes come from :func:`~minimind_edu.corpus.file_digest`, computed once per process while a file's size
+    and time are unchanged, so resolving a run and then loading its checkpoint reads the files once."""
     folder = Path(folder)
     if not (folder / MANIFEST).exists():
         return None
@@ -93,7 +87,7 @@ def verify_checkpoint(folder: str | os.PathLike) -> str | None:
             return f"{name} is missing"
         if path.stat().st_size != expected["bytes"]:
             return f"{name} has {path.stat().st_size:,} bytes, {expected['bytes']:,} were written (cut short?)"
-        if _hash_file(path) != expected["blake2b"]:
+        if file_digest(path) != expected["blake2b"]:
             return f"{name} has changed since it was written (corrupted)"
     return None
 
