@@ -66,7 +66,7 @@ e2e: setup browser
 # Refresh the README's JupyterLab screenshot from the browser test's artifacts.
 readme-screenshot: setup browser
 	MINIMIND_EDU_FAST=1 OMP_NUM_THREADS=1 $(PY) -m pytest tests/e2e -k memory_explorer -q
-	cp test-artifacts/e2e/03_memory-explorer-jupyterlab.png docs/images/memory_explorer_jupyterlab.png
+	cp test-artifacts/e2e/04_memory-explorer-jupyterlab.png docs/images/memory_explorer_jupyterlab.png
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts

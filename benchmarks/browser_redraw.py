@@ -39,7 +39,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, running_lab(Path(tmp), env) as lab, sync_playwright() as p:
         browser = launch_chromium(p, chromium)
         page = browser.new_page(viewport={"width": 1366, "height": 900})
-        nb = NotebookPage(page, lab, "03_memory.ipynb")
+        nb = NotebookPage(page, lab, "04_memory.ipynb")
         nb.open()
         nb.run_all(10 * 60_000)
         out = page.locator(".jp-OutputArea-output").filter(has=page.locator("img.widget-image"))

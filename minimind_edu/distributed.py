@@ -6,6 +6,7 @@ and every helper is a no-op, so the trainer reads the same either way.
 """
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -40,6 +41,18 @@ def init_distributed(device_name: str) -> ProcessGroup:
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
         owned = True
     return ProcessGroup(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owned)
+
+
+def leave_distributed() -> None:
+    """Destroy the process group, after freeing whatever still uses it.
+
+    Sharded models and optimizers sit in reference cycles (hooks that point back at their module), so they
+    outlive the training loop until the garbage collector runs. Left to interpreter shutdown, a gloo group's
+    worker threads are torn down with them and the process aborts ("terminate called without an active
+    exception", seen in about 1 of 7 two-process runs here); collecting first lets them go while it is safe.
+    """
+    gc.collect()
+    dist.destroy_process_group()
 
 
 def environment_world_size() -> int:

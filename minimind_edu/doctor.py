@@ -222,7 +222,7 @@ def check_widgets() -> Check:
         return Check("widgets", True, f"ipywidgets {ipywidgets}, JupyterLab front end {front_end}")
     missing = " and ".join(n for n, v in (("ipywidgets", ipywidgets), ("jupyterlab_widgets", front_end)) if not v)
     return Check("widgets", False, f"{missing} not installed",
-                 f"notebook 03's memory explorer will not draw: pip install {missing.replace(' and ', ' ')}, "
+                 f"notebook 04's memory explorer will not draw: pip install {missing.replace(' and ', ' ')}, "
                  "then restart JupyterLab")
 
 

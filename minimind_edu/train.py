@@ -1,4 +1,4 @@
-"""The training loop: one implementation for notebook 04, notebook 05 and ``minimind-edu pretrain``.
+"""The training loop: one implementation for notebook 03, notebook 05 and ``minimind-edu pretrain``.
 
 A :class:`TrainConfig` says everything about a run; :class:`Trainer` holds the model, optimizer, data position
 and step, and ``run()`` is the loop (``train()`` in one call). The pieces it is made of live in their own
@@ -73,7 +73,7 @@ from .checkpoint import latest_checkpoint, load_model, save_checkpoint_dir
 from .corpus import CorpusError
 from .data import TokenData, load_splits, make_batches
 from .device import autocast, peak_memory, resolve_device, resolve_precision
-from .distributed import from_rank0, init_distributed, mean_over_ranks
+from .distributed import from_rank0, init_distributed, leave_distributed, mean_over_ranks
 from .errors import RunError
 from .model import MiniMind
 from .optim import lr_at, make_optimizer
@@ -500,7 +500,7 @@ class Trainer:
         self._started = None
         self.time_spent += time.perf_counter() - started
         if self.group.owned:
-            torch.distributed.destroy_process_group()
+            leave_distributed()
         return TrainResult(self.history, self.step, self.max_steps, self.out_dir, self.checkpoint, self.model,
                            stopped, time.perf_counter() - started)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from minimind_edu.distributed import ProcessGroup
+from minimind_edu.distributed import ProcessGroup, leave_distributed
 from minimind_edu.memory_measure import StepSpec, measure_sharded_step
 from minimind_edu.model import get_preset
 from minimind_edu.sharding import STRATEGIES
@@ -39,7 +39,7 @@ def main(out: Path) -> None:
                          "peaks": [int(p) for p in peaks]})
     if group.is_main:
         out.write_text(json.dumps(rows))
-    dist.destroy_process_group()
+    leave_distributed()
 
 
 if __name__ == "__main__":

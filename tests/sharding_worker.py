@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from minimind_edu.device import autocast_dtype
-from minimind_edu.distributed import ProcessGroup
+from minimind_edu.distributed import ProcessGroup, leave_distributed
 from minimind_edu.model import MiniMind, get_preset
 from minimind_edu.optim import make_optimizer
 from minimind_edu.sharding import (
@@ -124,7 +124,7 @@ def main(out_dir: Path) -> None:
         results[f"from-single/{strategy}"] = sharded_losses(b, range(2, 4))
     if group.is_main:
         (out_dir / "results.json").write_text(json.dumps(results))
-    dist.destroy_process_group()
+    leave_distributed()
 
 
 if __name__ == "__main__":

@@ -317,14 +317,38 @@ class Slider:
         return self.readout.inner_text().strip()
 
     def drag_to(self, fraction: float) -> None:
-        """Press the mouse on the handle, move it to ``fraction`` of the track, release (a learner's drag)."""
-        self.track.scroll_into_view_if_needed()  # the mouse only reaches what is on screen
-        h, t = self.handle.bounding_box(), self.track.bounding_box()
-        self.page.mouse.move(h["x"] + h["width"] / 2, h["y"] + h["height"] / 2)
-        self.page.mouse.down()
-        x = t["x"] + fraction * t["width"]
-        self.page.mouse.move(x, h["y"] + h["height"] / 2, steps=8)
-        self.page.mouse.up()
+        """Press the mouse on the handle, move it to ``fraction`` of the track, release (a learner's drag), and
+        wait for the readout to change. A drag that starts while the page is still moving (the picture above
+        re-laid out after a screenshot) presses beside the handle; it is tried once more on the settled page."""
+        from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+        before = self.value()
+        for attempt in range(2):
+            self.track.scroll_into_view_if_needed()  # the mouse only reaches what is on screen
+            h, t = self._settled_boxes()
+            self.page.mouse.move(h["x"] + h["width"] / 2, h["y"] + h["height"] / 2)
+            self.page.mouse.down()
+            self.page.mouse.move(t["x"] + fraction * t["width"], h["y"] + h["height"] / 2, steps=8)
+            self.page.mouse.up()
+            try:
+                self.page.wait_for_function("([el, old]) => el.textContent.trim() !== old",
+                                            arg=[self.readout.element_handle(), before], timeout=5_000)
+                return
+            except PlaywrightTimeout:
+                if attempt:
+                    raise AssertionError(
+                        f"dragging the slider to {fraction:.0%} of its track left it at {before}") from None
+
+    def _settled_boxes(self) -> tuple[dict, dict]:
+        """The handle's and the track's boxes once two reads 100 ms apart agree (the layout has stopped)."""
+        last = None
+        for _ in range(50):
+            boxes = (self.handle.bounding_box(), self.track.bounding_box())
+            if boxes == last:
+                return boxes
+            last = boxes
+            self.page.wait_for_timeout(100)
+        raise AssertionError(f"the slider kept moving on the page for 5 s: {last}")
 
     def set(self, value: float, max_keys: int = 40) -> None:
         """Step to exactly ``value`` (a number) with the arrow keys, as a learner fine-tunes a slider."""

@@ -109,7 +109,7 @@ def green_pixels(png: bytes) -> int:
 
 
 def test_memory_explorer_answers_sliders_and_measure(notebook, artifacts):
-    nb = notebook("03_memory.ipynb")
+    nb = notebook("04_memory.ipynb")
     run_to_the_end(nb)
     page = nb.page
     out = page.locator(".jp-OutputArea-output").filter(has=page.locator("img.widget-image"))
@@ -131,7 +131,7 @@ def test_memory_explorer_answers_sliders_and_measure(notebook, artifacts):
 
     def shot(name: str) -> bytes:
         page.wait_for_function("el => el.complete && el.naturalWidth > 0", arg=image.element_handle())
-        nb.screenshot(artifacts / f"03_memory-explorer-{name}.png", out)
+        nb.screenshot(artifacts / f"04_memory-explorer-{name}.png", out)
         return image.screenshot()
 
     # The state the notebook left: 12 layers, 16 x 512, RTX 4090.
@@ -153,8 +153,7 @@ def test_memory_explorer_answers_sliders_and_measure(notebook, artifacts):
 
     # 1. Drag the batch slider to the right with the mouse, then step to exactly 128 with the arrow keys.
     batch = Slider(page, out, "batch")
-    batch.drag_to(0.9)
-    assert batch.value() != "16"
+    batch.drag_to(0.9)  # fails unless the readout moves
     batch.set(128)
     text_128 = wait_for_fit(r"^batch 128 x 512: .* does NOT fit")
     png_128 = shot("2-batch-128")
@@ -165,7 +164,7 @@ def test_memory_explorer_answers_sliders_and_measure(notebook, artifacts):
     page.set_viewport_size({"width": VIEWPORT["width"], "height": 1200})
     out.evaluate("el => el.closest('.jp-Cell').scrollIntoView({block: 'start'})")
     page.wait_for_timeout(300)  # let JupyterLab lay out the taller window
-    page.screenshot(path=str(artifacts / "03_memory-explorer-jupyterlab.png"))
+    page.screenshot(path=str(artifacts / "04_memory-explorer-jupyterlab.png"))
     page.set_viewport_size(VIEWPORT)
 
     # 2. Shorter sequences: more of them fit.
