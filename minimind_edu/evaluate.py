@@ -2,7 +2,7 @@
 
 The shipped validation text has three types (:data:`minimind_edu.corpus.TEXT_TYPES`): English stories
 (TinyStories), Chinese verse (Tang poems) and Chinese prose (short modern stories). Loss (nats per token)
-depends on the tokenizer: the course tokenizer cuts them into 0.26, 1.03 and 0.69 tokens per character
+depends on the tokenizer: the course tokenizer cuts them into 0.26, 1.03 and 0.70 tokens per character
 respectively, which makes their losses incomparable. Bits per byte divides the same total surprise by the
 text's UTF-8 bytes instead, so it compares text types, tokenizers and models (a model that knew nothing
 about byte-level text would need 8 bits per byte; gzip -9 needs 2.4 on the shipped English validation

@@ -145,9 +145,10 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
 def train_tokenizer_from_files(
     paths: Iterable[str | os.PathLike] | None = None, vocab_size: int = DEFAULT_VOCAB_SIZE
 ) -> Tokenizer:
-    """Train on the documents of corpus files (plain text or MiniMind JSONL); ``None`` = the shipped corpus."""
+    """Train on the documents of corpus files (plain text or MiniMind JSONL); ``None`` = the shipped corpus
+    (the course's sample of it, :func:`course_training_documents`)."""
     if paths is None:
-        return train_tokenizer(default_documents("train"), vocab_size)
+        return train_tokenizer(course_training_documents(), vocab_size)
     paths = list(paths)
     if not paths:
         raise TokenizerError("no corpus files given: pass at least one file (or none at all for the shipped corpus)")
@@ -158,15 +159,29 @@ def train_tokenizer_from_files(
     return train_tokenizer(docs, vocab_size)
 
 
+# The course tokenizer learns its merges from every second training document: half the time for about the same
+# merges, because merges follow the most frequent pairs, which half of a corpus ranks almost as the whole does
+# (benchmarks/bench_tokenizer.py times both and compares their tokens per byte on the validation split; the
+# model itself still trains on every document).
+TRAINING_SAMPLE_EVERY = 2
+
+
+def course_training_documents() -> list[str]:
+    """The shipped training documents the course tokenizer is trained on: every ``TRAINING_SAMPLE_EVERY``-th,
+    so each file (each kind of text) keeps its share."""
+    return default_documents("train")[::TRAINING_SAMPLE_EVERY]
+
+
 def tokenizer_recipe(vocab_size: int = DEFAULT_VOCAB_SIZE) -> dict:
     """What the course tokenizer is a function of: the cache key hashes it, and it is saved beside the files."""
     return {
-        "recipe": 1,  # bump when train_tokenizer changes in a way the fields below do not show
+        "recipe": 2,  # bump when train_tokenizer changes in a way the fields below do not show
         "vocab_size": vocab_size,
         "special_tokens": SPECIAL_TOKENS,
         "trainer": {"model": "BPE", "pre_tokenizer": "ByteLevel(add_prefix_space=False)",
                     "initial_alphabet": "ByteLevel.alphabet()", "min_frequency": 0},
         "tokenizers": tokenizers.__version__,
+        "sample_every": TRAINING_SAMPLE_EVERY,
         "files": {name: file_digest(path) for name, path in zip(DEFAULT_FILES["train"], default_corpus_files("train"))},
     }
 
@@ -187,7 +202,7 @@ def get_default_tokenizer(vocab_size: int = DEFAULT_VOCAB_SIZE) -> Tokenizer:
     target = default_tokenizer_dir(vocab_size)
     if not (target / "tokenizer_config.json").exists():
         tmp = Path(tempfile.mkdtemp(prefix="tokenizer-", dir=target.parent))
-        save_tokenizer(train_tokenizer(default_documents("train"), vocab_size), tmp)
+        save_tokenizer(train_tokenizer(course_training_documents(), vocab_size), tmp)
         (tmp / "recipe.json").write_text(json.dumps(tokenizer_recipe(vocab_size), indent=1) + "\n")
         try:
             os.rename(tmp, target)

@@ -69,4 +69,4 @@ def test_the_cli_and_the_explorer_say_so(tmp_path, monkeypatch, capsys):
     assert "CUDA overhead: calibrated on Fake GPU" in capsys.readouterr().out
     from minimind_edu.widgets import memory_explorer
 
-    assert "calibrated on Fake GPU" in memory_explorer("tiny", gpu="rtx-4060").fit_label.value
+    assert "calibrated on Fake GPU" in memory_explorer("tiny", gpu="rtx-4060").attention_label.value

@@ -90,12 +90,12 @@ def test_the_explorer_names_the_kernel_and_goes_quadratic_for_the_math_one():
     # bf16 on a T4: no fused kernel takes it (flash needs an Ampere GPU, the memory-efficient kernel has no bf16
     # there), so PyTorch runs the math kernel and the sequence-length curve bends upwards; fp16 is linear again.
     ex = memory_explorer("minimind2-small", gpu="t4", batch=4, seq_len=512)
-    assert ex.plot_data["kernel"] == "math" and "SDPA math kernel" in ex.fit_label.value
+    assert ex.plot_data["kernel"] == "math" and "SDPA math kernel" in ex.attention_label.value
     xs, ys = ex.plot_data["seq_len"]["x"], ex.plot_data["seq_len"]["allocated"]
     at = {x: y for x, y in zip(xs, ys)}
     assert at[4096] - at[2048] > 3 * (at[2048] - at[1024])  # quadratic: about 4x per doubling
     ex.sliders["precision"].value = "fp16"
-    assert ex.plot_data["kernel"] == "efficient" and "linear in T" in ex.fit_label.value
+    assert ex.plot_data["kernel"] == "efficient" and "linear in T" in ex.attention_label.value
     at = dict(zip(ex.plot_data["seq_len"]["x"], ex.plot_data["seq_len"]["allocated"]))
     assert abs((at[4096] - at[2048]) - 2 * (at[2048] - at[1024])) < 1e-9
     assert "KV cache" in ex.generation_label.value
