@@ -201,13 +201,13 @@ def add_plan_command(sub: argparse._SubParsersAction) -> None:
 
 def add_pretrain_command(sub: argparse._SubParsersAction) -> None:
     from .model import PRESETS
-    from .pretrain import DEFAULT_CPU_MINUTES, DEFAULT_GPU_EPOCHS
+    from .pretrain import DEFAULT_CPU_MINUTES, DEFAULT_GPU_MINUTES
 
     p = sub.add_parser(
         "pretrain",
         help="pretrain a MiniMind on the shipped corpus (or your own), then print samples and validation losses",
         description="Pretrain a MiniMind. Without --steps/--epochs/--minutes it trains for "
-        f"{DEFAULT_CPU_MINUTES:g} minutes on a CPU and for {DEFAULT_GPU_EPOCHS:g} epochs on a GPU. The --out folder "
+        f"{DEFAULT_CPU_MINUTES:g} minutes on a CPU and for {DEFAULT_GPU_MINUTES:g} minutes on a GPU. The --out folder "
         "receives checkpoints/, metrics.jsonl (one JSON record per logged step) and loss_curve.png.",
     )
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,

@@ -8,7 +8,14 @@ import pytest
 
 from minimind_edu.data import TokenData
 from minimind_edu.errors import InvalidArgument
-from minimind_edu.pretrain import DEFAULT_CPU_MINUTES, PretrainOptions, choose_setup, plan_schedule, steps_for_epochs
+from minimind_edu.pretrain import (
+    DEFAULT_CPU_MINUTES,
+    DEFAULT_GPU_MINUTES,
+    PretrainOptions,
+    choose_setup,
+    plan_schedule,
+    steps_for_epochs,
+)
 
 
 def test_steps_for_epochs_worked_example():
@@ -27,15 +34,30 @@ def test_choose_setup():
 
 
 def test_plan_schedule_defaults_match_make_pretrain():
-    # What notebook 05 (full mode) and `make pretrain` share: a time budget on a CPU, epochs on a GPU.
+    # What notebook 05 (full mode) and `make pretrain` share: a time budget, on a CPU and on a GPU.
+    # Planning only names the device (no GPU is needed): "cuda" is any GPU, "mps" any other accelerator.
     data = SimpleNamespace(n_tokens=32 * 100 + 1)  # exactly 100 windows of 32 tokens
     assert plan_schedule("cpu", data, 4, 32) == {"time_budget_min": DEFAULT_CPU_MINUTES, "eval_every": 100,
                                                  "save_every": 250}
-    on_gpu = plan_schedule("cuda", data, 4, 32)  # 2 epochs of 100 windows, 4 per step
-    assert on_gpu == {"max_steps": 50, "eval_every": 2, "save_every": 5, "warmup_steps": 5}
-    assert plan_schedule("cuda", data, 4, 32, world_size=2)["max_steps"] == 25  # each rank reads its own rows
-    assert plan_schedule("cpu", data, 4, 32, epochs=1)["max_steps"] == 25
-    assert plan_schedule("cpu", data, 4, 32, steps=7, minutes=3)["max_steps"] == 7
+    assert DEFAULT_GPU_MINUTES < DEFAULT_CPU_MINUTES  # a GPU does not make the learner wait longer
+    for device in ("cuda", "cuda:1", "mps"):
+        assert plan_schedule(device, data, 4, 32) == {"time_budget_min": DEFAULT_GPU_MINUTES, "eval_every": 100,
+                                                      "save_every": 250}
+        assert plan_schedule(device, data, 4, 32, world_size=2)["time_budget_min"] == DEFAULT_GPU_MINUTES
+        assert plan_schedule(device, data, 4, 32, minutes=3)["time_budget_min"] == 3
+
+
+def test_plan_schedule_overrides_on_any_device():
+    data = SimpleNamespace(n_tokens=32 * 100 + 1)
+    for device in ("cpu", "cuda"):
+        # 2 epochs of 100 windows, 4 per step: 50 steps, evaluated every 50 // 20, saved every 50 // 10
+        assert plan_schedule(device, data, 4, 32, epochs=2) == {"max_steps": 50, "eval_every": 2, "save_every": 5,
+                                                                "warmup_steps": 5}
+        assert plan_schedule(device, data, 4, 32, epochs=2, world_size=2)["max_steps"] == 25  # own rows per rank
+        assert plan_schedule(device, data, 4, 32, epochs=1)["max_steps"] == 25
+        assert plan_schedule(device, data, 4, 32, steps=7, minutes=3)["max_steps"] == 7  # steps come first
+        assert plan_schedule(device, data, 4, 32, epochs=1, minutes=3)["max_steps"] == 25  # then epochs
+        assert "time_budget_min" not in plan_schedule(device, data, 4, 32, steps=7)
 
 
 def test_options_name_the_bad_argument(tmp_path):
