@@ -68,6 +68,15 @@ def mean_over_ranks(value: torch.Tensor, group: ProcessGroup) -> torch.Tensor:
     return value
 
 
+def sum_over_ranks(count: int, group: ProcessGroup, device: torch.device | str = "cpu") -> int:
+    """``count`` summed over all ranks; itself when alone."""
+    if group.world_size == 1:
+        return count
+    total = torch.tensor(count, dtype=torch.int64, device=device)
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return int(total.item())
+
+
 def from_rank0(value: torch.Tensor, group: ProcessGroup) -> torch.Tensor:
     """Rank 0's ``value`` on every rank (in place), so that all ranks act on one decision."""
     if group.world_size > 1:

@@ -22,8 +22,11 @@ Model FLOPs per token (the PaLM / Chinchilla convention, which nanoGPT and most 
   the useful half (what FlashAttention-style kernels that skip masked blocks actually do).
 
 The peak: on a GPU a table of NVIDIA's published dense (no sparsity) tensor-core figures, looked up by
-the device's name; on a CPU there is no trustworthy datasheet number, so we *measure* it once with a
-large matmul (:func:`measure_cpu_matmul_flops`) and call that the peak.
+the device's name, and the ratio is the MFU. On a CPU there is no trustworthy datasheet number, so we
+*measure* the rate of one large matmul instead (:func:`measure_cpu_matmul_flops`) and divide by that: the
+ratio is then a **CPU utilisation against a measured matmul rate** (how close training comes to this CPU's
+best matmul speed), not an MFU in the datasheet sense, and not comparable with a GPU's MFU.
+:func:`utilisation_label` names the ratio for a device. (The metrics records keep the key ``mfu`` for both.)
 """
 from __future__ import annotations
 
@@ -87,7 +90,11 @@ def training_flops_per_token(cfg: ModelConfig, seq_len: int, causal: bool = Fals
 
 
 def mfu(tokens_per_s: float, flops_per_token: float, peak_flops: float | None) -> float | None:
-    """Model FLOPs utilisation: achieved model FLOPs per second / the hardware's peak. None if peak unknown."""
+    """Achieved model FLOPs per second / ``peak_flops``; None if the peak is unknown.
+
+    With a GPU's datasheet peak this is the MFU (model FLOPs utilisation); with a CPU's measured matmul
+    rate (:func:`device_peak_flops` on a CPU) it is a CPU utilisation against that rate (see
+    :func:`utilisation_label`)."""
     if peak_flops is None:
         return None
     if peak_flops <= 0:
@@ -167,7 +174,8 @@ def _measure_cached(dtype_key: str, size: int, repeats: int, threads: int) -> fl
 
 
 def measure_cpu_matmul_flops(dtype: torch.dtype | str = torch.bfloat16, size: int = 2048, repeats: int = 5) -> float:
-    """FLOP/s of one large square matmul on this CPU at the current thread count (measured once, then cached).
+    """FLOP/s of one large square matmul on this CPU at the current thread count (measured once, then cached):
+    the rate a CPU's utilisation is measured against, in place of a datasheet peak.
 
     2048 x 2048 is big enough that packing overheads vanish (one matmul is 17 GFLOP) and small enough that
     the warm-up and ``repeats`` runs take about a second or two on a laptop CPU.
@@ -176,10 +184,19 @@ def measure_cpu_matmul_flops(dtype: torch.dtype | str = torch.bfloat16, size: in
 
 
 def device_peak_flops(device: torch.device | str, dtype: torch.dtype | str = torch.bfloat16) -> float | None:
-    """The peak MFU divides by: a GPU's datasheet figure by name, or this CPU's measured matmul rate."""
+    """What :func:`mfu` divides by: a GPU's datasheet peak by name (the ratio is an MFU), or this CPU's
+    measured matmul rate (the ratio is a CPU utilisation against that rate, not a datasheet MFU)."""
     device = torch.device(device)
     if device.type == "cuda":
         return gpu_peak_flops(torch.cuda.get_device_name(device), dtype)
     if device.type == "cpu":
         return measure_cpu_matmul_flops(dtype)
     return None  # mps and others: no trustworthy figure
+
+
+def utilisation_label(device: torch.device | str) -> str:
+    """How to name :func:`mfu`'s ratio on ``device`` in printed output: "MFU" against a GPU's datasheet peak,
+    "CPU utilisation against a measured matmul rate" on a CPU (a measured rate, not a datasheet peak)."""
+    if torch.device(device).type == "cpu":
+        return "CPU utilisation against a measured matmul rate"
+    return "MFU"

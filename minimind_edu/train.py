@@ -12,11 +12,14 @@ Callbacks are called (on rank 0) with each metric record, the same dict that is 
 ``out_dir/metrics.jsonl``: ``step, tokens, loss, lr, grad_norm, tokens_per_s, mfu, peak_mem, epoch,
 elapsed_s`` and ``val_loss`` on evaluation steps (``loss`` is the mean training loss since the previous
 record). A callback that returns ``True`` stops training after a checkpoint is written at that step.
+Gradient accumulation is exact under padding: a step's loss is the mean over the counted targets (not
+``IGNORE_INDEX``) of all its micro-batches and ranks (:func:`accumulation_divisor`).
 Units: ``tokens`` counts tokens trained on by all ranks so far; ``tokens_per_s`` is for all ranks together,
 measured over the steps since the previous record (evaluation and checkpoint time left out); ``mfu`` is
 per device, against :func:`minimind_edu.flops.device_peak_flops` (None when the peak is unknown or
-``measure_mfu=False``); ``peak_mem`` is bytes: ``torch.cuda.max_memory_allocated`` on a GPU, the
-process's peak resident memory on a CPU.
+``measure_mfu=False``): a GPU's datasheet peak, or on a CPU a measured matmul rate, so that there it is a
+CPU utilisation against that rate rather than an MFU (:func:`minimind_edu.flops.utilisation_label`);
+``peak_mem`` is bytes: ``torch.cuda.max_memory_allocated`` on a GPU, the process's peak resident memory on a CPU.
 
 Time budget: with ``time_budget_min`` set, the run is planned by the clock, not by a step count fixed in
 advance, so a machine that slows down (or speeds up) midway still ends on time. ``run()`` counts every second
@@ -71,9 +74,9 @@ from tqdm.auto import tqdm
 from . import flops
 from .checkpoint import latest_checkpoint, load_model, save_checkpoint_dir
 from .corpus import CorpusError
-from .data import TokenData, load_splits, make_batches
+from .data import IGNORE_INDEX, TokenData, load_splits, make_batches
 from .device import autocast, peak_memory, resolve_device, resolve_precision
-from .distributed import from_rank0, init_distributed, leave_distributed, mean_over_ranks
+from .distributed import from_rank0, init_distributed, leave_distributed, mean_over_ranks, sum_over_ranks
 from .errors import RunError
 from .model import MiniMind
 from .optim import lr_at, make_optimizer
@@ -85,6 +88,28 @@ from .train_config import TrainConfig
 
 Callback = Callable[[dict], "bool | None"]
 STATE_VERSION = 1
+
+
+def counted_targets(targets: torch.Tensor) -> int:
+    """How many targets add to the loss: those that are not ``IGNORE_INDEX`` (padding)."""
+    return int((targets != IGNORE_INDEX).sum())
+
+
+def accumulation_divisor(counted_in_step: int, counted: int, world_size: int = 1) -> float:
+    """What a micro-batch's mean loss is divided by, so that the step's gradient is the mean over all
+    ``counted_in_step`` targets of the step (all micro-batches, all ranks).
+
+    A micro-batch's mean loss times ``counted`` is the sum of its token losses; the step wants the sum of
+    all token losses over ``counted_in_step``, hence ``mean / (counted_in_step / counted)``. With several
+    ranks, DDP (and FSDP) *average* gradients over the ``world_size`` ranks, so each rank multiplies its
+    share by ``world_size`` to make that average a sum. Example: micro-batches of 3 and 1 counted targets
+    have divisors 4/3 and 4; the mean of their means would weigh the lone target as much as the three.
+    Packed batches count every target: the divisor is exactly ``grad_accum_steps``, as a plain average.
+    """
+    if counted < 1 or counted_in_step < counted:
+        raise ValueError(f"need 1 <= counted <= counted_in_step, got counted={counted}, "
+                         f"counted_in_step={counted_in_step}")
+    return counted_in_step / (counted * world_size)
 
 
 @dataclass
@@ -212,22 +237,38 @@ class Trainer:
         return c.min_lr + (c.lr - c.min_lr) * 0.5 * (1.0 + math.cos(math.pi * self._progress))
 
     def train_step(self) -> tuple[float, float]:
-        """One optimizer step over ``grad_accum_steps`` micro-batches; returns (loss, grad norm before clipping)."""
+        """One optimizer step over ``grad_accum_steps`` micro-batches; returns (loss, grad norm before clipping).
+
+        The step's loss is the mean over every counted target (not ``IGNORE_INDEX``) of all its micro-batches
+        and, with several ranks, of all ranks: each micro-batch's mean loss is weighted by its share of those
+        targets (:func:`accumulation_divisor`), so padded micro-batches of unequal counts train exactly like
+        one batch holding them all. Packed batches count every target: the divisor is ``grad_accum_steps``.
+        A micro-batch with no counted target adds nothing (a step with none at all, which the course's data
+        cannot make, as every document row predicts at least one token, would log a loss of 0).
+        """
         lr = self.last_lr = self.lr()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
         accum = self.cfg.grad_accum_steps
+        micro_batches = [self.batches.next() for _ in range(accum)]
+        counts = [counted_targets(targets) for _, targets in micro_batches]
+        # known before any backward pass (one small collective), so every micro-batch gets its final weight
+        counted_in_step = sum_over_ranks(sum(counts), self.group, self.device)
         loss_sum = torch.zeros((), device=self.device)
-        for micro in range(accum):
-            inputs, targets = (t.to(self.device, non_blocking=True) for t in self.batches.next())
+        for micro, ((inputs, targets), counted) in enumerate(zip(micro_batches, counts)):
+            inputs, targets = inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
             # Several ranks: average (or reduce-scatter) gradients only on the last micro-batch, not on every one.
             sync = contextlib.nullcontext()
             if self.sharded is not None:
                 sync = gradient_sync(self.sharded, micro == accum - 1)
             with sync:
                 with autocast(self.device, self.precision):
-                    loss = self.fwd_model(inputs, targets).loss / accum  # mean over the step, not a sum
+                    out = self.fwd_model(inputs, targets)
+                if counted:
+                    loss = out.loss / accumulation_divisor(counted_in_step, counted, self.world_size)
+                else:  # no counted target: its mean is 0/0; a zero loss still runs the backward other ranks await
+                    loss = out.logits.sum() * 0.0
                 self.scaler.scale(loss).backward()
             loss_sum += loss.detach()
         self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the fp16-scaled ones
@@ -240,7 +281,8 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        mean_over_ranks(loss_sum, self.group)  # log the global mean loss; DDP already averaged the gradients
+        # Each rank's loss_sum is world_size x its share of the global mean, so their mean is the global mean.
+        mean_over_ranks(loss_sum, self.group)
         return float(loss_sum), float(grad_norm)
 
     @torch.no_grad()

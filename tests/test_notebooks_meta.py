@@ -13,7 +13,7 @@ SOLUTIONS = sorted((NOTEBOOK_DIR / "solutions").glob("*.ipynb"))
 NOTEBOOKS = CHAPTERS + SOLUTIONS
 IDS = [str(p.relative_to(NOTEBOOK_DIR)) for p in NOTEBOOKS]
 # The chapters rebuilt as "the learner builds it" (issue 12): exercises at the end, a worked solution notebook.
-WITH_SOLUTIONS = ["01_tokenizer", "02_model"]
+WITH_SOLUTIONS = ["01_tokenizer", "02_model", "03_training_loop", "04_memory", "05_pretrain"]
 
 
 def test_there_are_notebooks():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import shutil
@@ -18,11 +19,11 @@ import torch
 from safetensors import SafetensorError
 
 from minimind_edu.checkpoint import latest_checkpoint, list_checkpoints, load_model, load_trained
-from minimind_edu.data import TokenData
+from minimind_edu.data import IGNORE_INDEX, TokenData, make_batches
 from minimind_edu.errors import RunError
-from minimind_edu.model import get_preset
+from minimind_edu.model import MiniMind, get_preset
 from minimind_edu.tokenizer import default_tokenizer_dir, get_default_tokenizer
-from minimind_edu.train import Trainer, train
+from minimind_edu.train import Trainer, accumulation_divisor, counted_targets, train
 from minimind_edu.train_config import TrainConfig
 
 from launch import run_torchrun
@@ -94,8 +95,11 @@ def toy_data(n_tokens: int, seed: int = 0, vocab: int = 6400) -> TokenData:
 # --- proofs --------------------------------------------------------------------------------------------------
 
 
-def captured_grads(cfg: TrainConfig, data: TokenData) -> dict[str, torch.Tensor]:
+def step_grads(cfg: TrainConfig, data: TokenData, batches=None) -> tuple[dict[str, torch.Tensor], float]:
+    """The gradients the first optimizer step applies, and the step's loss (``batches``: instead of data's)."""
     trainer = Trainer(cfg, train_data=data, valid_data=None)
+    if batches is not None:
+        trainer.batches = batches
     grads = {}
     step = trainer.optimizer.step
 
@@ -104,21 +108,93 @@ def captured_grads(cfg: TrainConfig, data: TokenData) -> dict[str, torch.Tensor]
         return step(*a, **k)
 
     trainer.optimizer.step = capture
-    trainer.train_step()
-    return grads
+    loss, _ = trainer.train_step()
+    return grads, loss
 
 
 def test_grad_accumulation_equals_one_big_batch():
     data = toy_data(2000)
     common = dict(model="tiny", seq_len=16, out_dir=None, progress=False, precision="fp32", grad_clip=0.0)
-    big = captured_grads(TrainConfig(batch_size=8, grad_accum_steps=1, **common), data)
-    small = captured_grads(TrainConfig(batch_size=2, grad_accum_steps=4, **common), data)
+    big = step_grads(TrainConfig(batch_size=8, grad_accum_steps=1, **common), data)[0]
+    small = step_grads(TrainConfig(batch_size=2, grad_accum_steps=4, **common), data)[0]
     assert big.keys() == small.keys()
     for name in big:
         torch.testing.assert_close(small[name], big[name], rtol=1e-4, atol=1e-6, msg=name)
     # And the test can fail: one micro-batch alone is a different gradient.
-    alone = captured_grads(TrainConfig(batch_size=2, grad_accum_steps=1, **common), data)
+    alone = step_grads(TrainConfig(batch_size=2, grad_accum_steps=1, **common), data)[0]
     assert not torch.allclose(alone["embed_tokens.weight"], big["embed_tokens.weight"], atol=1e-6)
+
+
+def padded_toy_data(n_docs: int = 64, seed: int = 0) -> TokenData:
+    """Documents of 2 to 33 tokens: at seq_len 32 their rows hold very different numbers of counted targets."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(2, 34, n_docs)
+    tokens = rng.integers(3, 6400, int(lengths.sum())).astype(np.uint16)
+    return TokenData(tokens, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+
+
+def worst_relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """max |a - b| over a tensor's entries, relative to b's largest entry, worst over all tensors."""
+    return max(((a[n] - b[n]).abs().max() / b[n].abs().max()).item() for n in b)
+
+
+def test_padded_accumulation_equals_one_big_batch_and_the_mean_of_means_does_not():
+    # Padded rows of unequal length: the two micro-batches of this seed hold 37 and 82 counted targets.
+    data, seed = padded_toy_data(), 4
+    common = dict(model="tiny", seq_len=32, out_dir=None, progress=False, precision="fp32", grad_clip=0.0,
+                  batch_kind="padded", seed=seed, measure_mfu=False)
+    micro = make_batches(data, "padded", 4, 32, seed)
+    counts = [counted_targets(micro.next()[1]) for _ in range(2)]
+    assert counts == [37, 82]
+    big, big_loss = step_grads(TrainConfig(batch_size=8, grad_accum_steps=1, **common), data)
+    small, small_loss = step_grads(TrainConfig(batch_size=4, grad_accum_steps=2, **common), data)
+    # fp32 rounding only: the big batch sums all 119 token losses at once, accumulation in two parts, so the
+    # sums round differently (measured: loss 1 ulp apart, gradients <= 4e-7 of each tensor's largest entry;
+    # fp32's epsilon is 1.2e-7). 1e-5 leaves a margin of 20 and is still 70,000 times below the old error.
+    assert abs(small_loss - big_loss) <= 1e-6 * big_loss
+    assert worst_relative_difference(small, big) < 1e-5
+    # The old rule, mean loss / grad_accum_steps per micro-batch, weighs each of the 37 targets 82/37 times as
+    # much as each of the 82: its gradient is far from the big batch's (measured 0.73 of a tensor's largest entry).
+    torch.manual_seed(seed)
+    model = MiniMind(get_preset("tiny"))
+    old_rule = make_batches(data, "padded", 4, 32, seed)
+    for _ in range(2):
+        inputs, targets = old_rule.next()
+        (model(inputs, targets).loss / 2).backward()
+    assert worst_relative_difference({n: p.grad for n, p in model.named_parameters()}, big) > 0.1
+
+
+def test_a_micro_batch_without_counted_targets_adds_nothing():
+    data = padded_toy_data()
+    cfg = dict(model="tiny", seq_len=32, out_dir=None, progress=False, precision="fp32", grad_clip=0.0,
+               batch_kind="padded", measure_mfu=False)
+    inputs, targets = make_batches(data, "padded", 4, 32, 0).next()
+    empty = (inputs, torch.full_like(targets, IGNORE_INDEX))  # all padding: its mean loss would be 0/0 = NaN
+
+    class Fixed:  # hands out the given micro-batches, in order
+        def __init__(self, *batches):
+            self.batches = list(batches)
+
+        def next(self):
+            return self.batches.pop(0)
+
+    with_empty, loss = step_grads(TrainConfig(batch_size=4, grad_accum_steps=2, **cfg), data,
+                                  Fixed(empty, (inputs, targets)))
+    alone, loss_alone = step_grads(TrainConfig(batch_size=4, grad_accum_steps=1, **cfg), data,
+                                   Fixed((inputs, targets)))
+    assert loss == loss_alone and math.isfinite(loss)
+    assert all(torch.equal(with_empty[n], alone[n]) for n in alone)
+
+
+def test_accumulation_divisor():
+    # The notebook's worked example: micro-batches of 3 and 1 counted targets, 4 in the step.
+    assert accumulation_divisor(4, 3) == 4 / 3 and accumulation_divisor(4, 1) == 4
+    assert accumulation_divisor(4 * 256, 256) == 4  # packed: every micro-batch counts the same, a plain average
+    assert accumulation_divisor(2 * 4 * 256, 256, world_size=2) == 4  # ranks: DDP's average over 2 undone
+    with pytest.raises(ValueError):
+        accumulation_divisor(4, 0)
+    with pytest.raises(ValueError):
+        accumulation_divisor(3, 4)
 
 
 def test_overfits_one_small_batch():
@@ -205,13 +281,17 @@ train(TrainConfig.from_dict(json.loads(sys.argv[1])))
 """
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "zero1", "fsdp"])
-def test_two_processes_equal_one_under_every_strategy(strategy, tmp_path, corpus):
+# Padded rows hold unequal numbers of counted targets on the two ranks: the step's loss is still the mean over all
+# of them (each rank's share is scaled by the ranks' count before DDP or FSDP averages the gradients).
+@pytest.mark.parametrize("strategy,batch_kind", [("ddp", "packed"), ("zero1", "packed"), ("fsdp", "packed"),
+                                                 ("ddp", "padded")])
+def test_two_processes_equal_one_under_every_strategy(strategy, batch_kind, tmp_path, corpus):
     # fp32: the two ranks' gradients are averaged in another order than one process sums them, so losses agree
     # to float rounding (measured ~1e-7), not bit for bit; ZeRO-1 and FSDP change where AdamW's state lives and
     # how gradients travel, not the arithmetic of the update.
     single = tmp_path / "single"
-    common = dict(max_steps=5, grad_accum_steps=2, precision="fp32", eval_every=5, save_every=3)
+    common = dict(max_steps=5, grad_accum_steps=2, precision="fp32", eval_every=5, save_every=3,
+                  batch_kind=batch_kind)
     # The same validation sequences in both: one batch of 4 here, two batches of 2 on each rank.
     proc = run_child(tmp_path, base_cfg(corpus, single, batch_size=4, eval_batches=1, **common))
     ranks = tmp_path / strategy
