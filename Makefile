@@ -63,10 +63,11 @@ browser:
 e2e: setup browser
 	MINIMIND_EDU_FAST=1 OMP_NUM_THREADS=1 $(PY) -m pytest tests/e2e -v $(PYTEST_ARGS)
 
-# Refresh the README's JupyterLab screenshot from the browser test's artifacts.
+# Refresh the READMEs' JupyterLab screenshots (English and Chinese) from the browser tests' artifacts.
 readme-screenshot: setup browser
 	MINIMIND_EDU_FAST=1 OMP_NUM_THREADS=1 $(PY) -m pytest tests/e2e -k memory_explorer -q
 	cp test-artifacts/e2e/04_memory-explorer-jupyterlab.png docs/images/memory_explorer_jupyterlab.png
+	cp test-artifacts/e2e/04_memory-explorer-jupyterlab-zh.png docs/images/memory_explorer_jupyterlab_zh.png
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts

@@ -34,6 +34,7 @@ from tokenizers import Tokenizer
 
 from .corpus import CorpusError, documents_by_text_type
 from .evaluate import LanguageEval
+from .i18n import check_language, plot_text
 from .tokenizer import BOS_ID, EOS_ID
 
 COMPRESSORS = ("gzip", "zlib", "bz2", "lzma")
@@ -199,23 +200,27 @@ def format_baselines(baselines: Mapping[str, Baselines], trained: Mapping[str, L
 
 
 def plot_baselines(baselines: Mapping[str, Baselines], trained: Mapping[str, LanguageEval] | None = None,
-                   ax: Any = None) -> Any:
+                   ax: Any = None, lang: str = "en") -> Any:
     """Bars of bits per byte per text type: uniform, unigram, the compressor (and a trained model); returns the
-    matplotlib axes."""
+    matplotlib axes. ``lang="zh"``: labels in Chinese where a CJK font can draw them (else English)."""
+    check_language(lang)
+    plot_text(lang, "", "")  # before anything is drawn: a CJK font becomes matplotlib's fallback where there is one
     import matplotlib.pyplot as plt
 
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 3.2))
     first = next(iter(baselines.values()))
-    bars = {"uniform": [b.uniform_bits_per_byte for b in baselines.values()],
-            "unigram": [b.unigram_bits_per_byte for b in baselines.values()],
+    bars = {plot_text(lang, "uniform", "均匀猜测"): [b.uniform_bits_per_byte for b in baselines.values()],
+            plot_text(lang, "unigram", "一元模型（unigram）"): [b.unigram_bits_per_byte for b in baselines.values()],
             first.compressor: [b.compressor_bits_per_byte for b in baselines.values()]}
     if trained:
-        bars["trained model"] = [trained[name].bits_per_byte for name in baselines]
+        bars[plot_text(lang, "trained model", "训练后的模型")] = [trained[name].bits_per_byte for name in baselines]
     width = 0.8 / len(bars)
     for i, (label, values) in enumerate(bars.items()):
         ax.bar([x + (i - (len(bars) - 1) / 2) * width for x in range(len(baselines))], values, width, label=label)
-    ax.set(xticks=range(len(baselines)), xticklabels=list(baselines), ylabel="bits per byte (lower is better)",
-           title="validation text: baselines" + (" and the trained model" if trained else ""))
+    ax.set(xticks=range(len(baselines)), xticklabels=list(baselines),
+           ylabel=plot_text(lang, "bits per byte (lower is better)", "每字节比特数（越低越好）"),
+           title=plot_text(lang, "validation text: baselines" + (" and the trained model" if trained else ""),
+                           "验证文本上的基线" + ("与训练后的模型" if trained else "")))
     ax.legend(fontsize=8)
     return ax

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .i18n import check_language, plot_text
+
 if TYPE_CHECKING:  # matplotlib is imported only when something is drawn
     from matplotlib.axes import Axes
 
@@ -32,8 +34,12 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
 
 
 def plot_metrics(records: Sequence[dict], png_path: str | os.PathLike | None = None, title: str = "",
-                 ax: Axes | None = None) -> Axes:
-    """Training and validation loss against tokens seen; saved to ``png_path`` when given. Returns the axes."""
+                 ax: Axes | None = None, lang: str = "en") -> Axes:
+    """Training and validation loss against tokens seen; saved to ``png_path`` when given. Returns the axes.
+
+    ``lang="zh"``: axis labels and legend in Chinese where a CJK font can draw them (else English)."""
+    check_language(lang)
+    plot_text(lang, "", "")  # before anything is drawn: a CJK font becomes matplotlib's fallback where there is one
     import matplotlib.pyplot as plt
 
     if ax is None:
@@ -41,11 +47,11 @@ def plot_metrics(records: Sequence[dict], png_path: str | os.PathLike | None = N
     train = [(r["tokens"] / 1e6, r["loss"]) for r in records if "loss" in r]
     val = [(r["tokens"] / 1e6, r["val_loss"]) for r in records if "val_loss" in r]
     if train:
-        ax.plot(*zip(*train), label="train loss", color="tab:blue", alpha=0.8)
+        ax.plot(*zip(*train), label=plot_text(lang, "train loss", "训练损失"), color="tab:blue", alpha=0.8)
     if val:
-        ax.plot(*zip(*val), "o-", label="validation loss", color="tab:orange")
-    ax.set_xlabel("tokens seen (millions)")
-    ax.set_ylabel("cross-entropy (nats/token)")
+        ax.plot(*zip(*val), "o-", label=plot_text(lang, "validation loss", "验证损失"), color="tab:orange")
+    ax.set_xlabel(plot_text(lang, "tokens seen (millions)", "已训练的词元数（百万）"))
+    ax.set_ylabel(plot_text(lang, "cross-entropy (nats/token)", "交叉熵（nats/词元）"))
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()

@@ -240,11 +240,16 @@ class LiveLossPlot:
     """A ``train()`` callback that redraws the loss curve in a notebook as records arrive.
 
     The title shows the latest tokens/s; outside a notebook (no IPython display) it only collects records.
+    ``lang="zh"``: the step, speed, axes and legend in Chinese where a CJK font can draw them.
     """
 
-    def __init__(self, title: str = "", redraw_every: int = 1) -> None:
+    def __init__(self, title: str = "", redraw_every: int = 1, lang: str = "en") -> None:
         import matplotlib.pyplot as plt
 
+        from .i18n import plot_text
+
+        plot_text(lang, "", "")  # checks lang; before the axes are made, a CJK font becomes the fallback (if any)
+        self.lang = lang
         self.title, self.redraw_every, self.records = title, redraw_every, []
         self.fig, self.ax = plt.subplots(figsize=(7, 3.5))
         plt.close(self.fig)  # shown through display() and updated in place, not by the backend
@@ -261,9 +266,13 @@ class LiveLossPlot:
             self.draw()
 
     def draw(self) -> None:
+        from .i18n import plot_text
+
         self.ax.clear()
         last = self.records[-1]
-        speed = f"{last['tokens_per_s']:,.0f} tokens/s" if "tokens_per_s" in last else ""
-        plot_metrics(self.records, ax=self.ax, title=f"{self.title}  step {last['step']}  {speed}".strip())
+        step = plot_text(self.lang, f"step {last['step']}", f"第 {last['step']} 步")
+        speed = (plot_text(self.lang, f"{last['tokens_per_s']:,.0f} tokens/s", f"每秒 {last['tokens_per_s']:,.0f} 词元")
+                 if "tokens_per_s" in last else "")
+        plot_metrics(self.records, ax=self.ax, title=f"{self.title}  {step}  {speed}".strip(), lang=self.lang)
         if self.handle is not None:
             self.handle.update(self.fig)

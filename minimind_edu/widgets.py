@@ -4,13 +4,20 @@ and GPU card, and plots of the estimated training memory, with measured points a
 The widget is a thin view. :class:`ExplorerState` names a point; :func:`curves`, :func:`fit_text` and
 :func:`breakdown` compute everything drawn from :func:`minimind_edu.memory.estimate`; :func:`draw` paints a
 matplotlib figure from them (also used to render the README picture without Jupyter).
+
+Everything takes ``lang="en"`` or ``lang="zh"``. Text the browser shows (the labels, the HTML legend, the
+controls) is Chinese whenever ``lang="zh"``; text matplotlib draws goes through :func:`minimind_edu.i18n.plot_text`,
+so it is Chinese only where a CJK font can draw it (English otherwise, never boxes). The numbers are the same in
+both languages: one estimate, other words.
 """
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from .i18n import check_language, plot_text
 from .memory import GPU_PRESETS, GiB, MemoryEstimate, MiB, estimate, get_gpu, largest_batch
 from .memory_inference import generation_memory, kv_cache_bytes
 from .memory_measure import measure
@@ -27,6 +34,16 @@ HIDDEN_SIZES = [64, 128, 256, 384, 512, 640, 768, 1024, 1536, 2048]
 GPU_COUNTS = [1, 2, 4, 8, 16]
 BAR_TERMS = ["weights", "optimizer_state", "gradients", "low_precision_weights", "activations", "head",
              "transient", "overhead"]
+# Chinese names of the bar's segments and of the step's phases (the English names are the keys)
+TERMS_ZH = {"weights": "权重", "optimizer_state": "优化器状态", "gradients": "梯度",
+            "low_precision_weights": "低精度权重副本", "activations": "激活值", "head": "输出头",
+            "transient": "临时缓冲", "overhead": "CUDA 额外开销"}
+PHASES_ZH = {"forward": "前向传播", "backward": "反向传播", "optimizer": "优化器更新"}
+
+
+def term_name(name: str, lang: str = "en") -> str:
+    """A breakdown segment's name as a legend shows it: "low precision weights", or "低精度权重副本"."""
+    return TERMS_ZH.get(name, name) if check_language(lang) == "zh" else name.replace("_", " ")
 
 
 @dataclass(frozen=True)
@@ -82,45 +99,88 @@ def breakdown(est: MemoryEstimate) -> dict[str, float]:
     return parts
 
 
-def fit_text(state: ExplorerState) -> str:
+def fit_text(state: ExplorerState, lang: str = "en") -> str:
     """'fits' / 'does not fit' on the card, with the largest batch that fits at this sequence length."""
+    check_language(lang)
     card = get_gpu(state.gpu)
     est = state.estimate()
     best = largest_batch(state.config(), state.seq_len, card, precision=state.precision,
                          checkpointing=state.checkpointing, world_size=state.gpus, strategy=state.strategy)
+    if lang == "zh":
+        verdict = "放得下" if est.fits(card) else "放不下"
+        per_gpu = f"，每张 GPU（共 {state.gpus} 张，{state.strategy}）" if state.gpus > 1 else ""
+        return (f"批大小 {state.batch} × 序列长度 {state.seq_len}{per_gpu}：{est.total_with_overhead / GiB:.1f} GiB → "
+                f"在 {card.name} 上{verdict}；最大可用批大小：{best}"
+                f"（峰值出现在{PHASES_ZH.get(est.peak_phase, est.peak_phase)}阶段）")
     verdict = "fits" if est.fits(card) else "does NOT fit"
     per_gpu = f" per GPU of {state.gpus} ({state.strategy})" if state.gpus > 1 else ""
     return (f"batch {state.batch} x {state.seq_len}{per_gpu}: {est.total_with_overhead / GiB:.1f} GiB -> {verdict} on "
             f"{card.name}; largest batch that fits: {best} (peak in {est.peak_phase})")
 
 
-def attention_text(state: ExplorerState) -> str:
+def attention_text(state: ExplorerState, lang: str = "en") -> str:
     """Which attention kernel the estimate assumes runs, and where the CUDA overhead figure comes from (a line
     of its own: beside the fit line it ran past the right edge of a laptop's notebook)."""
+    check_language(lang)
     est = state.estimate()
+    if lang == "zh":
+        calibrated = "；CUDA 额外开销" + calibration_zh(est.calibration) if est.calibration else ""
+        return f"注意力：{kernel_zh(est.kernel)}{calibrated}"
     calibrated = "; CUDA overhead " + est.calibration if est.calibration else ""
     return f"attention: {est.kernel_description}{calibrated}"
 
 
-def generation_text(state: ExplorerState) -> str:
+def kernel_zh(kernel: str) -> str:
+    """:meth:`minimind_edu.memory_kernels.KernelChoice.describe` in Chinese."""
+    if kernel == "naive":
+        return "朴素实现（显式算出 T×T 的注意力分数：随 T 二次增长）"
+    if kernel == "math":
+        return "SDPA math 内核（没有融合内核接受这次调用：以 fp32 保存 T×T 的分数，随 T 二次增长）"
+    return f"SDPA {kernel} 内核（随 T 线性增长）"
+
+
+CALIBRATION = re.compile(r"calibrated on (?P<gpu>.+) \(torch (?P<torch>[^,]+), (?P<at>[^)]+)\): context "
+                         r"(?P<context>\S+) MiB, cuBLAS workspace (?P<workspace>\S+) MiB, allocator reserve "
+                         r"(?P<reserve>\S+)$")
+
+
+def calibration_zh(described: str) -> str:
+    """A calibration's description (:meth:`minimind_edu.memory_calibration.Calibration.describe`) in Chinese; one
+    in another form stays English."""
+    m = CALIBRATION.match(described)
+    if m is None:
+        return " " + described
+    return (f"已在 {m['gpu']} 上实测校准（torch {m['torch']}，{m['at']}）：CUDA 上下文 {m['context']} MiB，"
+            f"cuBLAS 工作区 {m['workspace']} MiB，分配器预留 {m['reserve']}")
+
+
+def generation_text(state: ExplorerState, lang: str = "en") -> str:
     """Generation at this batch and context length, the weights in the slider's precision: the KV cache and the
     peak of the last decoding step (:mod:`minimind_edu.memory_inference`)."""
+    check_language(lang)
     cfg = state.config()
     cache = kv_cache_bytes(cfg, state.batch, state.seq_len, state.precision)
     peak = generation_memory(cfg, state.batch, state.seq_len, state.precision)["total"]
+    if lang == "zh":
+        return (f"生成 {state.batch} × {state.seq_len} 个词元（{state.precision} 权重）：KV 缓存 "
+                f"{cache / MiB:.1f} MiB，峰值 {peak / GiB:.2f} GiB"
+                "（本课程用 torch.cat 拼接的缓存，拼接时同时存在两份）")
     return (f"generating {state.batch} x {state.seq_len} tokens ({state.precision} weights): KV cache "
             f"{cache / MiB:.1f} MiB, peak {peak / GiB:.2f} GiB (the course's torch.cat cache is held twice)")
 
 
 AXES = (("batch", "batch size"), ("seq_len", "sequence length (tokens)"), ("layers", "layers"))
+AXES_ZH = {"batch": "批大小", "seq_len": "序列长度（词元）", "layers": "层数"}
 
 
 def draw(state: ExplorerState, fig: Figure | None = None, measured: list[tuple[ExplorerState, float]] | None = None,
-         legends: bool = True) -> tuple[Figure, dict]:
+         legends: bool = True, lang: str = "en") -> tuple[Figure, dict]:
     """Paint the four panels for ``state`` onto ``fig`` (a new figure if None); returns (fig, plot_data).
 
     ``legends=False`` is the explorer's picture: no matplotlib legends (a large share of the render time) and no
     title, because the explorer shows :func:`legend_html` and :func:`fit_text` as text above the picture."""
+    check_language(lang)
+    plot_text(lang, "", "")  # before any text is made: a CJK font becomes matplotlib's fallback where there is one
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
 
@@ -130,12 +190,15 @@ def draw(state: ExplorerState, fig: Figure | None = None, measured: list[tuple[E
     axes = fig.subplots(2, 2)
     artists = {}
     for ax, (axis, label) in zip((axes[0, 0], axes[0, 1], axes[1, 0]), AXES):
-        allocated, = ax.plot([], [], "-", color="C0", label="allocated (estimate)")
-        total, = ax.plot([], [], "--", color="C0", alpha=0.6, label="+ CUDA overhead (approx.)")
-        current, = ax.plot([], [], "o", color="C3", ms=8, zorder=4, label="current point")
+        allocated, = ax.plot([], [], "-", color="C0", label=plot_text(lang, "allocated (estimate)", "已分配（估计）"))
+        total, = ax.plot([], [], "--", color="C0", alpha=0.6,
+                         label=plot_text(lang, "+ CUDA overhead (approx.)", "+ CUDA 额外开销（近似）"))
+        current, = ax.plot([], [], "o", color="C3", ms=8, zorder=4, label=plot_text(lang, "current point", "当前配置"))
         # drawn over the current point: right after "measure this point" the two coincide
-        measured_pts, = ax.plot([], [], "x", color="C2", ms=12, mew=2.5, zorder=5, label="measured")
-        cap = ax.axhline(0, color="k", lw=1, label=f"{get_gpu(state.gpu).name} memory")
+        measured_pts, = ax.plot([], [], "x", color="C2", ms=12, mew=2.5, zorder=5,
+                                label=plot_text(lang, "measured", "实测"))
+        name = get_gpu(state.gpu).name
+        cap = ax.axhline(0, color="k", lw=1, label=plot_text(lang, f"{name} memory", f"{name} 显存"))
         if axis != "layers":
             # Linear axes on purpose: on a log x-axis a straight line (memory vs batch) looks exponential,
             # and telling "linear" from "quadratic" (memory vs sequence length) is the point of the plot.
@@ -143,7 +206,7 @@ def draw(state: ExplorerState, fig: Figure | None = None, measured: list[tuple[E
             ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
             ax.xaxis.set_minor_locator(NullLocator())
         ax.yaxis.set_major_locator(MaxNLocator(5))
-        ax.set_xlabel(label)
+        ax.set_xlabel(plot_text(lang, label, AXES_ZH[axis]))
         ax.set_ylabel("GiB")
         artists[axis] = (ax, allocated, total, current, measured_pts, cap)
     if legends:
@@ -153,14 +216,20 @@ def draw(state: ExplorerState, fig: Figure | None = None, measured: list[tuple[E
     artists["legends"] = legends
     artists["title"] = fig.suptitle("", fontsize=10) if legends else None
     fig._memory_artists = artists  # the explorer updates these in place: much faster than rebuilding
-    data = update(fig, state, measured)
+    data = update(fig, state, measured, lang=lang)
     fig.tight_layout(rect=(0, 0, 1, 0.95 if legends else 1))  # once, with real ticks and labels in place
     return fig, data
 
 
-def update(fig: Figure, state: ExplorerState, measured: list[tuple[ExplorerState, float]] | None = None) -> dict:
-    """Put ``state``'s curves, marks and breakdown into a figure made by :func:`draw`; returns the plot data."""
+def update(fig: Figure, state: ExplorerState, measured: list[tuple[ExplorerState, float]] | None = None,
+           lang: str = "en") -> dict:
+    """Put ``state``'s curves, marks and breakdown into a figure made by :func:`draw`; returns the plot data.
+
+    The returned texts are in ``lang``; the figure's in ``lang`` where a CJK font can draw it, else English."""
     from matplotlib.ticker import MaxNLocator
+
+    check_language(lang)
+    drawn = plot_text(lang, "en", "zh")  # the language the figure is drawn in
 
     artists = fig._memory_artists
     data = curves(state)
@@ -188,7 +257,8 @@ def update(fig: Figure, state: ExplorerState, measured: list[tuple[ExplorerState
     bar.clear()
     bottom = 0.0
     for j, (name, gib) in enumerate(parts.items()):
-        bar.bar([0], [gib], bottom=bottom, color=f"C{j}", label=f"{name} {gib:.2f}")
+        label = TERMS_ZH[name] if drawn == "zh" else name
+        bar.bar([0], [gib], bottom=bottom, color=f"C{j}", label=f"{label} {gib:.2f}")
         bottom += gib
     bar.axhline(cap, color="k", lw=1)
     bar.set_xticks([])
@@ -204,15 +274,15 @@ def update(fig: Figure, state: ExplorerState, measured: list[tuple[ExplorerState
         y = 0.0
         for name, gib in parts.items():
             if gib >= 0.06 * top:
-                bar.text(0.48, y + gib / 2, f"{name.replace('_', ' ')} {gib:.2f}", va="center", fontsize=8)
+                bar.text(0.48, y + gib / 2, f"{term_name(name, drawn)} {gib:.2f}", va="center", fontsize=8)
             y += gib
-    bar.set_title("breakdown at the current point (GiB)", fontsize=9)
-    text = fit_text(state)
+    bar.set_title(plot_text(lang, "breakdown at the current point (GiB)", "当前配置的显存构成（GiB）"), fontsize=9)
+    text = fit_text(state, lang)
     if artists["title"] is not None:
-        artists["title"].set_text(text)
+        artists["title"].set_text(text if drawn == lang else fit_text(state))
     est = state.estimate()
     return {**data, "breakdown": parts, "capacity": cap, "fit_text": text, "kernel": est.kernel,
-            "attention_text": attention_text(state), "generation_text": generation_text(state)}
+            "attention_text": attention_text(state, lang), "generation_text": generation_text(state, lang)}
 
 
 def render_png(fig: Figure) -> bytes:
@@ -227,7 +297,7 @@ def render_png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def legend_html(parts: dict[str, float]) -> str:
+def legend_html(parts: dict[str, float], lang: str = "en") -> str:
     """What the plots' legends would say, as HTML: the line styles, then the breakdown in the bar's colours.
 
     Laid out as two wrapping lines, to sit above the picture: beside it, a narrow notebook squeezes it to an
@@ -235,49 +305,80 @@ def legend_html(parts: dict[str, float]) -> str:
     import matplotlib
     from matplotlib.colors import to_hex
 
+    check_language(lang)
     # to_hex: the colour cycle may hold RGB tuples (e.g. after a style sheet), which CSS does not understand
     colors = [to_hex(c) for c in matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]]
     items = " &nbsp; ".join(
         f"<span style='white-space:nowrap'><span style='color:{colors[j % len(colors)]}'>&#9632;</span> "
-        f"{name.replace('_', ' ')} {gib:.2f}</span>"
+        f"{term_name(name, lang)} {gib:.2f}</span>"
         for j, (name, gib) in enumerate(parts.items())
     )
+    if lang == "zh":
+        return ("<div style='line-height:1.5'><small>实线：已分配显存（估计） &middot; "
+                "虚线：再加上 CUDA 额外开销（近似） &middot; 红点：当前配置 &middot; 绿色 ×：实测值 &middot; "
+                "黑线：这张显卡的显存</small><br>"
+                f"<small><b>显存构成（GiB）：</b>{items}</small></div>")
     return ("<div style='line-height:1.5'><small>solid: allocated (estimate) &middot; dashed: + CUDA overhead "
             "(approx.) &middot; red dot: current point &middot; green x: measured &middot; black line: the card's "
             f"memory</small><br><small><b>breakdown (GiB):</b> {items}</small></div>")
 
 
+# The explorer's controls and messages: the browser draws them, so they are Chinese whenever lang="zh".
+EXPLORER_TEXT = {
+    "en": {"batch": "batch", "seq_len": "seq len", "layers": "layers", "hidden": "hidden", "gpus": "GPUs",
+           "precision": "precision", "attention": "attention", "checkpointing": "checkpointing", "gpu": "GPU",
+           "strategy": "strategy", "measure": "measure this point", "measure_tooltip": "run real training steps here",
+           "one_process": "measuring runs one process on this machine: set GPUs to 1 to measure",
+           "measuring": "measuring...",
+           "measured": "batch {batch} x {seq_len} measured on {device}: {gib:.3f} GiB allocated at the peak (estimate "
+                       "{err:+.1%}; the fit line adds CUDA overhead)",
+           "failed": "batch {batch} x {seq_len} measured on {device}: {error}"},
+    "zh": {"batch": "批大小", "seq_len": "序列长度", "layers": "层数", "hidden": "隐藏维度", "gpus": "GPU 数量",
+           "precision": "精度", "attention": "注意力", "checkpointing": "梯度检查点", "gpu": "显卡",
+           "strategy": "并行策略", "measure": "实测这个配置", "measure_tooltip": "在本机真正跑几步训练，测出显存峰值",
+           "one_process": "实测在本机只跑一个进程，测不出多卡中每张 GPU 的显存：请把 GPU 数量设为 1 再实测",
+           "measuring": "正在实测……",
+           "measured": "批大小 {batch} × 序列长度 {seq_len} 在 {device} 上实测：峰值时已分配 {gib:.3f} GiB（估计偏差 "
+                       "{err:+.1%}；“放得下/放不下”那一行的数字另加了 CUDA 额外开销）",
+           "failed": "批大小 {batch} × 序列长度 {seq_len} 在 {device} 上实测：{error}"},
+}
+
+
 class MemoryExplorer:
     """The widget. ``sliders`` (a dict), ``measure_button``, ``plot_data``, ``fit_label`` and ``measured``
-    are public so that tests and notebooks can drive it without a browser."""
+    are public so that tests and notebooks can drive it without a browser. ``lang="zh"``: in Chinese."""
 
-    def __init__(self, state: ExplorerState | None = None, measure_device: str | None = None):
+    def __init__(self, state: ExplorerState | None = None, measure_device: str | None = None, lang: str = "en"):
         import ipywidgets as w
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
+        self.lang = check_language(lang)
+        self.text = t = EXPLORER_TEXT[lang]
         self.state = state or ExplorerState()
         self.measure_device = measure_device
         s = self.state
         opts = {"continuous_update": False}
         self.sliders = {
-            "batch": w.SelectionSlider(options=_axis_values(BATCHES, s.batch), value=s.batch, description="batch",
-                                       **opts),
+            "batch": w.SelectionSlider(options=_axis_values(BATCHES, s.batch), value=s.batch,
+                                       description=t["batch"], **opts),
             "seq_len": w.SelectionSlider(options=_axis_values(SEQ_LENS, s.seq_len), value=s.seq_len,
-                                         description="seq len", **opts),
-            "layers": w.IntSlider(value=s.layers, min=1, max=32, description="layers", **opts),
+                                         description=t["seq_len"], **opts),
+            "layers": w.IntSlider(value=s.layers, min=1, max=32, description=t["layers"], **opts),
             "hidden": w.SelectionSlider(options=_axis_values(HIDDEN_SIZES, s.hidden), value=s.hidden,
-                                        description="hidden", **opts),
-            "gpus": w.SelectionSlider(options=_axis_values(GPU_COUNTS, s.gpus), value=s.gpus, description="GPUs",
-                                      **opts),
-            "precision": w.Dropdown(options=["bf16", "fp16", "fp32"], value=s.precision, description="precision"),
+                                        description=t["hidden"], **opts),
+            "gpus": w.SelectionSlider(options=_axis_values(GPU_COUNTS, s.gpus), value=s.gpus,
+                                      description=t["gpus"], **opts),
+            "precision": w.Dropdown(options=["bf16", "fp16", "fp32"], value=s.precision,
+                                    description=t["precision"]),
             # a dropdown, not toggle buttons: ToggleButtons puts its description on a line of its own
-            "attention": w.Dropdown(options=["sdpa", "naive"], value=s.attention, description="attention"),
-            "checkpointing": w.Checkbox(value=s.checkpointing, description="checkpointing"),
-            "gpu": w.Dropdown(options=[(c.name, k) for k, c in GPU_PRESETS.items()], value=s.gpu, description="GPU"),
-            "strategy": w.Dropdown(options=list(STRATEGIES), value=s.strategy, description="strategy"),
+            "attention": w.Dropdown(options=["sdpa", "naive"], value=s.attention, description=t["attention"]),
+            "checkpointing": w.Checkbox(value=s.checkpointing, description=t["checkpointing"]),
+            "gpu": w.Dropdown(options=[(c.name, k) for k, c in GPU_PRESETS.items()], value=s.gpu,
+                              description=t["gpu"]),
+            "strategy": w.Dropdown(options=list(STRATEGIES), value=s.strategy, description=t["strategy"]),
         }
-        self.measure_button = w.Button(description="measure this point", tooltip="run real training steps here")
+        self.measure_button = w.Button(description=t["measure"], tooltip=t["measure_tooltip"])
         self.fit_label = w.Label()
         self.attention_label = w.Label()
         self.generation_label = w.Label()
@@ -306,13 +407,13 @@ class MemoryExplorer:
     def redraw(self) -> None:
         self.state = self.current_state()
         if not hasattr(self.figure, "_memory_artists"):
-            _, self.plot_data = draw(self.state, self.figure, self.measured, legends=False)
+            _, self.plot_data = draw(self.state, self.figure, self.measured, legends=False, lang=self.lang)
         else:
-            self.plot_data = update(self.figure, self.state, self.measured)
+            self.plot_data = update(self.figure, self.state, self.measured, lang=self.lang)
         self.fit_label.value = self.plot_data["fit_text"]
         self.attention_label.value = self.plot_data["attention_text"]
         self.generation_label.value = self.plot_data["generation_text"]
-        self.legend.value = legend_html(self.plot_data["breakdown"])
+        self.legend.value = legend_html(self.plot_data["breakdown"], self.lang)
         self.image.value = render_png(self.figure)
 
     def _on_change(self, _change) -> None:
@@ -321,9 +422,9 @@ class MemoryExplorer:
     def _on_measure(self, _button=None) -> None:
         s = self.current_state()
         if s.gpus > 1:  # a measurement here is one process: it cannot show one GPU of several
-            self.status.value = "measuring runs one process on this machine: set GPUs to 1 to measure"
+            self.status.value = self.text["one_process"]
             return
-        self.status.value = "measuring..."
+        self.status.value = self.text["measuring"]
         m = measure(s.config(), s.batch, s.seq_len, precision=s.precision, checkpointing=s.checkpointing,
                     device=self.measure_device)
         if m.fits:
@@ -332,10 +433,11 @@ class MemoryExplorer:
                                  checkpointing=s.checkpointing, device=m.device).peak_bytes
             err = (predicted - m.peak_bytes) / m.peak_bytes
             # names its point: the sliders may move on while this line stays
-            self.status.value = (f"batch {s.batch} x {s.seq_len} measured on {m.device}: {m.peak_bytes / GiB:.3f} "
-                                 f"GiB allocated at the peak (estimate {err:+.1%}; the fit line adds CUDA overhead)")
+            self.status.value = self.text["measured"].format(batch=s.batch, seq_len=s.seq_len, device=m.device,
+                                                             gib=m.peak_bytes / GiB, err=err)
         else:
-            self.status.value = f"batch {s.batch} x {s.seq_len} measured on {m.device}: {m.error}"
+            self.status.value = self.text["failed"].format(batch=s.batch, seq_len=s.seq_len, device=m.device,
+                                                           error=m.error)
         self.redraw()
 
     def _ipython_display_(self):
@@ -344,8 +446,10 @@ class MemoryExplorer:
         display(self.widget)
 
 
-def memory_explorer(preset: str = "minimind2-small", **state) -> MemoryExplorer:
-    """The explorer for ``preset`` (layers and hidden size start at the preset's); display it in a notebook."""
+def memory_explorer(preset: str = "minimind2-small", lang: str = "en", **state) -> MemoryExplorer:
+    """The explorer for ``preset`` (layers and hidden size start at the preset's); display it in a notebook.
+    ``lang="zh"``: the Chinese edition's (labels, legend and messages in Chinese)."""
+    check_language(lang)
     base = get_preset(preset)
     state = {"layers": base.num_layers, "hidden": base.hidden_size, "attention": base.attention, **state}
-    return MemoryExplorer(ExplorerState(preset=preset, **state))
+    return MemoryExplorer(ExplorerState(preset=preset, **state), lang=lang)

@@ -3,6 +3,7 @@ opens with a markdown cell, and hides its library checks in collapsed `check` ce
 from __future__ import annotations
 
 import json
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,9 @@ import pytest
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 CHAPTERS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 SOLUTIONS = sorted((NOTEBOOK_DIR / "solutions").glob("*.ipynb"))
-NOTEBOOKS = CHAPTERS + SOLUTIONS
+# The Chinese edition (tests/test_notebooks_zh.py keeps it in step) follows the same rules of form.
+CHINESE = sorted([*(NOTEBOOK_DIR / "zh").glob("*.ipynb"), *(NOTEBOOK_DIR / "zh" / "solutions").glob("*.ipynb")])
+NOTEBOOKS = CHAPTERS + SOLUTIONS + CHINESE
 IDS = [str(p.relative_to(NOTEBOOK_DIR)) for p in NOTEBOOKS]
 # The chapters rebuilt as "the learner builds it" (issue 12): exercises at the end, a worked solution notebook.
 WITH_SOLUTIONS = ["01_tokenizer", "02_model", "03_training_loop", "04_memory", "05_pretrain"]
@@ -69,6 +72,12 @@ def test_notebook_is_committed_clean(path):
 # ones are cut off at the editor's edge) and wraps a rendered markdown code block a little earlier (measured on
 # the browser tests' screenshots). The printed-output limit is checked on real runs in tests/e2e.
 MAX_CODE_LINE = 110
+
+
+def width(line: str) -> int:
+    """Columns on screen: a Chinese character takes two."""
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in line)
+
 MAX_MARKDOWN_CODE_LINE = 95
 
 
@@ -78,12 +87,12 @@ def test_notebook_lines_fit_a_laptop_screen(path):
     for i, cell in enumerate(json.loads(path.read_text(encoding="utf-8"))["cells"]):
         lines = "".join(cell["source"]).split("\n")
         if cell["cell_type"] == "code":
-            too_long += [(i, len(line)) for line in lines if len(line) > MAX_CODE_LINE]
+            too_long += [(i, width(line)) for line in lines if width(line) > MAX_CODE_LINE]
         elif cell["cell_type"] == "markdown":
             fenced = False
             for line in lines:
                 if line.startswith("```"):
                     fenced = not fenced
-                elif fenced and len(line) > MAX_MARKDOWN_CODE_LINE:
-                    too_long.append((i, len(line)))
+                elif fenced and width(line) > MAX_MARKDOWN_CODE_LINE:
+                    too_long.append((i, width(line)))
     assert not too_long, f"{path.name}: (cell, characters) of lines too long for the browser: {too_long}"

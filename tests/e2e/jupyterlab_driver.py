@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import unicodedata
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -140,8 +141,13 @@ def error_outputs(nb: dict) -> list[str]:
             for i, cell in enumerate(nb["cells"]) for o in cell.get("outputs", []) if o["output_type"] == "error"]
 
 
+def screen_width(line: str) -> int:
+    """Columns on screen: a Chinese character takes two."""
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in line)
+
+
 def long_output_lines(nb: dict, limit: int) -> list[str]:
-    """Text output lines longer than ``limit`` characters, as '[cell i] (n chars) line...'. JupyterLab wraps
+    """Text output lines wider than ``limit`` columns, as '[cell i] (n chars) line...'. JupyterLab wraps
     such lines wherever they reach the edge, in the middle of words and numbers."""
     found = []
     for i, cell in enumerate(nb["cells"]):
@@ -153,8 +159,8 @@ def long_output_lines(nb: dict, limit: int) -> list[str]:
             elif o["output_type"] in ("execute_result", "display_data") and "text/html" not in o["data"] and not any(
                     k.startswith("image/") or "widget" in k for k in o["data"]):
                 texts.append("".join(o["data"].get("text/plain", "")))
-        found += [f"[cell {i}] ({len(line)} chars) {line[:60]}..." for text in texts + list(streams.values())
-                  for line in text.split("\n") if len(line) > limit]
+        found += [f"[cell {i}] ({screen_width(line)} columns) {line[:60]}..." for text in texts + list(streams.values())
+                  for line in text.split("\n") if screen_width(line) > limit]
     return found
 
 

@@ -205,3 +205,32 @@ def test_memory_explorer_answers_sliders_and_measure(notebook, artifacts):
                              + str(largest_batch(text_h100)) + r"\b)")
     assert largest_batch(text_ckpt) > largest_batch(text_h100), (text_h100, text_ckpt)
     shot("6-h100-checkpointing")
+
+
+def test_chinese_memory_explorer_speaks_chinese(notebook, artifacts):
+    """The Chinese edition's explorer (memory_explorer(lang="zh")): Chinese controls and fit line, answering the
+    keyboard like the English one; its screenshot is README.zh.md's picture."""
+    nb = notebook("zh/04_memory.ipynb")
+    run_to_the_end(nb)
+    page = nb.page
+    out = page.locator(".jp-OutputArea-output").filter(has=page.locator("img.widget-image"))
+    assert out.count() == 1, "the explorer's output (a widget with a picture) is not on the page"
+    fit = out.locator(".widget-label").filter(has_text="最大可用批大小")
+    out.scroll_into_view_if_needed()
+
+    def wait_for_fit(pattern: str) -> str:
+        page.wait_for_function("([el, p]) => new RegExp(p).test(el.textContent)",
+                               arg=[fit.element_handle(), pattern], timeout=30_000)
+        return fit.inner_text()
+
+    start = wait_for_fit(r"^批大小 16 × 序列长度 512：.*上放得下")
+    batch = Slider(page, out, "批大小")
+    batch.set(128)
+    full = wait_for_fit(r"^批大小 128 × 序列长度 512：.*上放不下")
+    assert re.search(r"最大可用批大小：(\d+)", full).group(1) == re.search(r"最大可用批大小：(\d+)", start).group(1)
+    assert out.get_by_role("button", name="实测这个配置").count() == 1
+    page.set_viewport_size({"width": VIEWPORT["width"], "height": 1200})
+    out.evaluate("el => el.closest('.jp-Cell').scrollIntoView({block: 'start'})")
+    page.wait_for_timeout(300)  # let JupyterLab lay out the taller window
+    page.screenshot(path=str(artifacts / "04_memory-explorer-jupyterlab-zh.png"))
+    page.set_viewport_size(VIEWPORT)
