@@ -1,0 +1,113 @@
+"""Which CPU pretraining setting learns most per minute: each setting trains for the same time budget.
+
+    python benchmarks/pretrain_sweep.py [--minutes 14] [--only NAME ...] [--out benchmarks/results/pretrain_sweep_cpu]
+
+Every setting is one ``minimind-edu pretrain`` run (``run_pretrain``, the same code as ``make pretrain``) with a
+time budget, so each gets the same wall-clock minutes and the cosine schedule ends when its time does. One
+setting differs from the default (course-cpu, 16 x 256, lr 1e-3, eager) in one respect: the learning rate, the
+sequence length at the same tokens per step, torch.compile, the model size. Reported per setting: the validation
+loss over time (the curves), the final validation loss, and bits per byte by text type on the shipped
+validation text. Run it on a quiet machine: the settings are compared by what they reach in equal time, so
+other jobs on the cores would decide the ranking. Results: ``<out>.json`` and ``<out>.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from minimind_edu.pretrain import DEFAULT_CPU_MINUTES, PretrainOptions, run_pretrain
+
+RESULTS = Path(__file__).resolve().parent / "results" / "pretrain_sweep_cpu"
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    preset: str = "course-cpu"
+    batch: int = 16
+    seq: int = 256
+    lr: float = 1e-3
+    compile: bool = False
+
+
+SETTINGS = [
+    Setting("default (course-cpu, 16 x 256, lr 1e-3)"),
+    Setting("lr 3e-3", lr=3e-3),
+    Setting("8 x 512 (same tokens per step)", batch=8, seq=512),
+    Setting("torch.compile", compile=True),
+    Setting("minimind2-small (26M), 8 x 256", preset="minimind2-small", batch=8),
+]
+
+
+def run_setting(setting: Setting, minutes: float, folder: Path) -> dict:
+    options = PretrainOptions(preset=setting.preset, batch=setting.batch, seq=setting.seq, lr=setting.lr,
+                              compile=setting.compile, minutes=minutes, device="cpu", out=str(folder),
+                              samples=0, progress=False)
+    started = time.perf_counter()
+    summary = run_pretrain(options, out=io.StringIO())
+    wall = time.perf_counter() - started
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    curve = [(r["elapsed_s"] / 60, r["val_loss"]) for r in records if r.get("val_loss") is not None]
+    return {"setting": setting.__dict__, "wall_seconds_including_setup": round(wall, 1), "steps": summary["step"],
+            "tokens": summary["tokens"], "train_seconds": round(summary["seconds"], 1),
+            "val_loss": summary.get("val_loss"), "val_curve_minutes_loss": curve,
+            "bits_per_byte": {k: v["bits_per_byte"] for k, v in summary["by_text_type"].items()}}
+
+
+def plot(results: list[dict], png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for r in results:
+        minutes, losses = zip(*r["val_curve_minutes_loss"]) if r["val_curve_minutes_loss"] else ((), ())
+        ax.plot(minutes, losses, "o-", markersize=3, label=f"{r['setting']['name']}: {r['val_loss']:.3f}")
+    ax.set_xlabel("training minutes (2-core CPU)")
+    ax.set_ylabel("validation loss (nats/token)")
+    ax.set_title("validation loss reached per CPU-minute, equal time budgets")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=DEFAULT_CPU_MINUTES, help="time budget of each setting")
+    parser.add_argument("--only", nargs="*", default=None, help="names (or a prefix) of the settings to run")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results path without suffix (.json, .png)")
+    args = parser.parse_args(argv)
+    chosen = [s for s in SETTINGS if args.only is None or any(s.name.startswith(p) for p in args.only)]
+    if not chosen:
+        parser.error(f"--only matched no setting; the settings are: {[s.name for s in SETTINGS]}")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, setting in enumerate(chosen):
+            results.append(run_setting(setting, args.minutes, Path(tmp) / f"run{i}"))
+            r = results[-1]
+            print(f"{setting.name}: {r['steps']} steps, {r['tokens']:,} tokens in {r['train_seconds'] / 60:.1f} min, "
+                  f"val loss {r['val_loss']:.3f}, bits/byte {r['bits_per_byte']}", flush=True)
+    report = {"what": "pretraining settings on the CPU, each for the same time budget", "minutes": args.minutes,
+              "results": results, "cpu_cores": os.cpu_count(), "machine": platform.processor() or platform.machine(),
+              "torch": torch.__version__, "load_average_1min_before": load,
+              "measured_at_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    plot(results, args.out.with_suffix(".png"))
+    return results
+
+
+if __name__ == "__main__":
+    main()
