@@ -56,6 +56,10 @@ def test_long_output_lines_joins_stream_pieces_and_skips_pictures():
         {"output_type": "stream", "name": "stdout", "text": "y" * 60 + "\nshort\n"},  # one 120-char line
         {"output_type": "display_data", "data": {"image/png": "...", "text/plain": "<Figure " + "z" * 200}},
     ]}]}
-    assert long_output_lines(nb, 110) == ["[cell 0] (120 chars) " + "x" * 60 + "..."]
+    assert long_output_lines(nb, 110) == ["[cell 0] (120 columns) " + "x" * 60 + "..."]
+    # A Chinese character takes two columns on screen: 56 of them are 112 columns, too wide; 55 are not.
+    chinese = {"cells": [{"cell_type": "code", "outputs": [
+        {"output_type": "stream", "name": "stdout", "text": "词" * 56 + "\n" + "元" * 55 + "\n"}]}]}
+    assert long_output_lines(chinese, 110) == ["[cell 0] (112 columns) " + "词" * 56 + "..."]
     assert long_output_lines(nb, 120) == []
 
