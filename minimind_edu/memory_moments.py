@@ -422,7 +422,11 @@ def sharded_step(s: StepSizes, static: dict[str, int], moments: list[Moment]) ->
     * fsdp: weights, gradients and AdamW's state are 1/N shards (:func:`fsdp_shard_elements`), but the root
       unit (embedding = tied LM head, final norm) is gathered whole from forward to backward's end; a block
       is gathered while it runs (forward, and backward with the next block's prefetched all-gather), and
-      backward's start already all-gathers the last block's weights (prefetch)."""
+      backward's start already all-gathers the last block's weights (prefetch). Gradients are 1/N shards once
+      a unit is reduce-scattered; the root unit's stay whole until backward's end (its tied weight's gradient
+      is complete only after the embedding's backward), and FSDP2 holds each reduce-scatter's input (one
+      block's whole gradients) until the next reduce-scatter. Under gradient accumulation FSDP2 keeps whole
+      gradients between micro-batches, which this does not model (the tests measure one micro-batch)."""
     world, strategy = s.spec.world_size, s.spec.strategy
     if world == 1:
         return static, moments
@@ -450,7 +454,17 @@ def sharded_step(s: StepSizes, static: dict[str, int], moments: list[Moment]) ->
             gathered = root_bytes
         else:  # inside a block: it and, in backward, the prefetched next one
             gathered = root_bytes + block_bytes * (2 if m.phase == "backward" else 1)
-        grads = -(-m.gradients // world) if m.phase == "optimizer" else m.gradients // world
-        out.append(Moment(m.phase, m.name, grads, m.low_precision_weights, m.activations, m.head,
-                          {**m.transients, "gathered_weights": gathered}))
+        transients = {**m.transients, "gathered_weights": gathered}
+        if m.phase == "optimizer":
+            grads = -(-m.gradients // world)
+        elif m.phase == "backward" and m.gradients >= s.head_gradients:
+            # The root unit's gradient (the tied LM head's, made first) stays whole until backward's end: FSDP
+            # reduce-scatters a unit once all its parameters' gradients are in, and the embedding's comes last.
+            grads = s.head_gradients + (m.gradients - s.head_gradients) // world
+            if m.name.startswith("backward's end") or (m.name.startswith("first block's") and s.cfg.num_layers > 1):
+                # FSDP2 holds the last reduce-scatter's input (a block's whole gradients) until the next one
+                transients["reduce_scatter_input"] = block_bytes
+        else:
+            grads = m.gradients // world
+        out.append(Moment(m.phase, m.name, grads, m.low_precision_weights, m.activations, m.head, transients))
     return static, out
