@@ -1,4 +1,4 @@
-"""Where a run computes and in which number format: device choice, mixed precision, peak memory.
+"""Where a run computes and how: device choice, mixed precision, peak memory, torch.compile or not.
 
 Precision names are the course's own short strings ("bf16", "fp16", "fp32"), because they are what a learner
 types on the command line and reads in a table; this module is the one place that turns them into torch
@@ -7,8 +7,12 @@ dtypes, so every other module (trainer, estimator, measurement, FLOPs, export) a
 from __future__ import annotations
 
 import contextlib
+import os
 import resource
+import shutil
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -112,3 +116,51 @@ def peak_memory(device: torch.device) -> int:
         return int(torch.cuda.max_memory_allocated(device))
     # ru_maxrss is in bytes on macOS and in KiB on Linux
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * (1 if sys.platform == "darwin" else 1024)
+
+
+def compile_unavailable(device: torch.device) -> str | None:
+    """Why ``torch.compile`` cannot run on ``device`` on this machine, or None when nothing says it cannot.
+
+    Its default backend builds kernels at run time: C++ on a CPU, Triton on a GPU. Without a C++ compiler or
+    Triton the failure would come on the first forward pass, deep inside it; this says so beforehand.
+    """
+    if sys.platform == "win32":
+        return "torch.compile's kernel builder does not run on Windows here"
+    if device.type == "cpu":
+        candidates = [c for c in (os.environ.get("CXX"), "g++", "c++", "clang++") if c]
+        if not any(shutil.which(c) for c in candidates):
+            return "no C++ compiler found (on a CPU torch.compile builds C++ kernels: install g++, or set CXX)"
+    elif device.type == "cuda":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return "Triton is not installed (on a GPU torch.compile builds Triton kernels)"
+    return None
+
+
+class CompiledOrEager:
+    """``torch.compile(model)`` called like the model, that falls back to the model itself if compiling fails.
+
+    Compiling happens on the first call (and again for a new input shape), so that is where it can fail: the
+    failed call is run again eagerly, ``fallback_reason`` records why, ``on_fallback`` is told once, and every
+    later call is eager. An error that is not the compiler's (a wrong shape, out of memory) happens again in
+    the eager call and is raised from there, so it is not hidden.
+    """
+
+    def __init__(self, model: Callable[..., Any], on_fallback: Callable[[str], None] | None = None) -> None:
+        self.model = model
+        self.compiled: Callable[..., Any] | None = torch.compile(model)
+        self.on_fallback = on_fallback
+        self.fallback_reason: str | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as error:  # noqa: BLE001 -- the eager call below re-raises what is not the compiler's
+                self.compiled = None
+                self.fallback_reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200]}" \
+                    if str(error).strip() else type(error).__name__
+                if self.on_fallback is not None:
+                    self.on_fallback(self.fallback_reason)
+        return self.model(*args, **kwargs)

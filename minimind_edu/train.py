@@ -75,7 +75,7 @@ from . import flops
 from .checkpoint import latest_checkpoint, load_model, save_checkpoint_dir
 from .corpus import CorpusError
 from .data import IGNORE_INDEX, TokenData, load_splits, make_batches
-from .device import autocast, peak_memory, resolve_device, resolve_precision
+from .device import CompiledOrEager, autocast, compile_unavailable, peak_memory, resolve_device, resolve_precision
 from .distributed import from_rank0, init_distributed, leave_distributed, mean_over_ranks, sum_over_ranks
 from .errors import RunError
 from .model import MiniMind
@@ -217,10 +217,23 @@ class Trainer:
             self._resume(force)
 
         self.fwd_model = self.sharded.forward_model if self.sharded is not None else self.model
+        # what became of cfg.compile: None (not asked for), "on", or why the run is eager after all
+        self.compile_status: str | None = None
         if cfg.compile:
-            self.fwd_model = torch.compile(self.fwd_model)
+            unavailable = compile_unavailable(device)
+            if unavailable is None:
+                self.fwd_model = CompiledOrEager(self.fwd_model, on_fallback=self._compile_failed)
+                self.compile_status = "on"
+            else:
+                self._compile_failed(unavailable)
         self._flops_per_token = flops.training_flops_per_token(self.model_cfg, cfg.seq_len)
         self._peak: float | None | str = "unmeasured"
+
+    def _compile_failed(self, reason: str) -> None:
+        self.compile_status = f"off ({reason})"
+        if self.is_main:
+            print(f"torch.compile cannot run here, so training continues without it: {reason}",
+                  file=sys.stderr, flush=True)
 
     # -- one step ---------------------------------------------------------------------------------------
     @property

@@ -43,7 +43,7 @@ class TrainConfig:
     keep_last: int = 2
     out_dir: str | None = "runs/course-cpu"  # None: keep nothing on disk
     seed: int = 0
-    compile: bool = False  # torch.compile: off by default; on a CPU its one-off compile can outlast a short run
+    compile: bool = False  # torch.compile (falls back to eager where it cannot run); its compile time is one-off
     train_data: str | list[str] | None = None  # None: the shipped corpus
     valid_data: str | list[str] | None = None  # None: shipped valid files, or a held-out doc range of train_data
     valid_fraction: float = 0.02

@@ -6,9 +6,11 @@ import torch
 
 from minimind_edu.device import (
     PRECISIONS,
+    CompiledOrEager,
     autocast,
     autocast_dtype,
     check_precision,
+    compile_unavailable,
     precision_dtype,
     precision_name,
     resolve_device,
@@ -63,3 +65,42 @@ def test_bad_devices_are_named():
     if not torch.backends.mps.is_available():
         with pytest.raises(InvalidArgument, match="device mps: Apple's MPS is not available here"):
             resolve_device("mps")
+
+
+def test_compile_is_known_unavailable_without_a_cpp_compiler(monkeypatch):
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    reason = compile_unavailable(torch.device("cpu"))
+    assert reason is not None and "C++ compiler" in reason and "g++" in reason
+    monkeypatch.setattr("shutil.which", lambda name: "/usr/bin/g++" if name == "g++" else None)
+    assert compile_unavailable(torch.device("cpu")) is None
+    monkeypatch.setattr("shutil.which", lambda name: "/opt/cc/my-cxx" if name == "my-cxx" else None)
+    monkeypatch.setenv("CXX", "my-cxx")
+    assert compile_unavailable(torch.device("cpu")) is None  # CXX names the compiler, as inductor reads it
+
+
+def test_a_failed_compile_falls_back_to_the_eager_model_once(monkeypatch):
+    calls = {"compiled": 0, "told": []}
+
+    def broken_compile(model):
+        def compiled(*args, **kwargs):
+            calls["compiled"] += 1
+            raise RuntimeError("InductorError: CppCompileError: C++ compile error\n(long log)")
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    layer = torch.nn.Linear(3, 2)
+    forward = CompiledOrEager(layer, on_fallback=calls["told"].append)
+    x = torch.randn(4, 3)
+    assert torch.equal(forward(x), layer(x))  # the failed call is answered eagerly
+    assert torch.equal(forward(x), layer(x))
+    assert calls["compiled"] == 1  # not tried again
+    assert calls["told"] == ["RuntimeError: InductorError: CppCompileError: C++ compile error"]
+    assert forward.fallback_reason == calls["told"][0]
+
+
+def test_an_error_that_is_not_the_compilers_is_still_raised(monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda model: model)  # "compiled" = the model: it fails the same way
+    forward = CompiledOrEager(torch.nn.Linear(3, 2))
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        forward(torch.randn(4, 5))

@@ -206,6 +206,31 @@ def test_overfits_one_small_batch():
     assert result.losses[-1] < 0.1 and max(result.losses[-10:]) < 0.2
 
 
+def test_compile_falls_back_to_eager_and_trains_the_same(monkeypatch, capsys):
+    data = toy_data(8 * 16 + 1, seed=2)
+    cfg = TrainConfig(model="tiny", batch_size=4, seq_len=16, max_steps=3, warmup_steps=1, out_dir=None,
+                      progress=False, log_every=1, measure_mfu=False)
+    eager = train(cfg, train_data=data)
+
+    def compile_without_compiler(model):
+        def compiled(*args, **kwargs):
+            raise RuntimeError("InductorError: CalledProcessError: Command '['g++', ...]' returned non-zero status")
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", compile_without_compiler)
+    trainer = Trainer(replace(cfg, compile=True), train_data=data)
+    fell_back = trainer.run()
+    assert trainer.compile_status.startswith("off (RuntimeError: InductorError")
+    assert "training continues without it" in capsys.readouterr().err
+    assert fell_back.losses == eager.losses  # the failed first step was run again eagerly, nothing lost
+
+    monkeypatch.setattr("shutil.which", lambda name: None)  # no C++ compiler: compile is not even tried
+    monkeypatch.delenv("CXX", raising=False)
+    trainer = Trainer(replace(cfg, compile=True), train_data=data)
+    assert trainer.compile_status.startswith("off (no C++ compiler found")
+    assert trainer.run().losses == eager.losses
+
+
 def test_kill_and_resume_is_bit_identical(tmp_path, corpus):
     whole = tmp_path / "whole"
     proc = run_child(tmp_path, base_cfg(corpus, whole))
