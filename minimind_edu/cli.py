@@ -241,7 +241,9 @@ def add_pretrain_command(sub: argparse._SubParsersAction) -> None:
                    "one; the earlier run is moved to <out>.previous-<time>, not deleted")
     p.add_argument("--format", choices=["auto", "text", "jsonl"], default="auto",
                    help="how to read --data files (default: by their content, whatever their suffix)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the model (default: on for time budgets of 5 minutes or more, where its "
+                   "compiling time pays back; without a C++ compiler the run continues without it)")
     p.add_argument("--strategy", choices=["ddp", "zero1", "fsdp"], default="ddp",
                    help="under torchrun: ddp (a full copy per GPU), zero1 (AdamW state sharded), fsdp (weights, "
                    "gradients and AdamW state sharded); checkpoints load under any of them")

@@ -41,6 +41,18 @@ DEFAULT_CPU_MINUTES = 14.0  # on 2 CPU cores: ~14 min of training + tokenizing, 
 # GPU or opens Colab should not wait longer than without one), long enough to see the loss fall below the
 # baselines and the samples turn into stories. How many steps fit depends on the card; not measured here.
 DEFAULT_GPU_MINUTES = 10.0
+# The CPU default's batch and peak learning rate: the sweep's winner (benchmarks/pretrain_sweep.py, each
+# setting trained for the full default budget on the quiet 2-core CPU).
+CPU_BATCH = 8
+CPU_LR = 2e-3
+
+
+# torch.compile spends about 40 s compiling before its first step on the 2-core CPU, then runs each step of
+# the CPU default 1.27x faster (the sweep's 8 x 256 runs, eager and compiled, 14 minutes each:
+# benchmarks/results/pretrain_sweep_cpu.json): it pays back after about 3 minutes. On for time budgets from
+# 5 minutes (both defaults); off for shorter runs and for runs set by steps or epochs, whose length in time is
+# not known beforehand.
+COMPILE_MIN_MINUTES = 5.0
 
 
 @dataclass
@@ -49,14 +61,25 @@ class PretrainSetup:
     batch_size: int
     seq_len: int
     why: str
+    lr: float = TrainConfig.lr  # the peak learning rate
 
 
 def choose_setup(device: str | torch.device = "cpu") -> PretrainSetup:
-    """A model size and batch shape that train in minutes on this kind of device."""
+    """A model size, batch shape and learning rate that train in minutes on this kind of device.
+
+    The CPU's is the winner of ``benchmarks/pretrain_sweep.py`` (the lowest validation loss in the same
+    minutes); the GPU's is MiniMind2-small at MiniMind's own sequence length, not measured here yet.
+    """
     device = torch.device(device)
     if device.type == "cuda":
         return PretrainSetup("minimind2-small", 32, 512, "one GPU: MiniMind2-small (26M), 32 x 512 tokens per step")
-    return PretrainSetup("course-cpu", 16, 256, "CPU: the course-cpu model, 16 x 256 tokens per step")
+    return PretrainSetup("course-cpu", CPU_BATCH, 256, f"CPU: the course-cpu model, {CPU_BATCH} x 256 tokens per step",
+                         lr=CPU_LR)
+
+
+def compile_by_default(minutes: float | None) -> bool:
+    """Whether a run of ``minutes`` (None: set by steps or epochs) is long enough for torch.compile to pay."""
+    return minutes is not None and minutes >= COMPILE_MIN_MINUTES
 
 
 def steps_for_epochs(data: TokenData, epochs: float, batch_size: int, seq_len: int, grad_accum_steps: int = 1,
@@ -126,7 +149,7 @@ class PretrainOptions:
     force: bool = False  # with resume: even with settings that differ from the checkpoint's (each is named)
     overwrite: bool = False  # a new run in an ``out`` that holds an earlier one, which is moved aside first
     format: str = "auto"  # how the data files are read: "auto" (by content), "text" or "jsonl"
-    compile: bool = False
+    compile: bool | None = None  # None: on for time budgets of COMPILE_MIN_MINUTES or more
     strategy: str = "ddp"  # under torchrun: ddp, zero1 or fsdp (see minimind_edu.sharding)
     eval_every: int | None = None  # None: about 20 evaluations per run
     log_every: int = 10
@@ -178,12 +201,12 @@ def run_pretrain(options: PretrainOptions, out: TextIO | None = None) -> dict[st
     # Under torchrun each rank trains on its own `batch` rows, so an epoch takes WORLD_SIZE times fewer steps.
     extra = plan_schedule(device, train_data, batch, seq, o.accum, o.steps, o.epochs, o.minutes,
                           environment_world_size())
+    lr = o.lr if o.lr is not None else setup.lr
     for name, value in (("eval_every", o.eval_every), ("save_every", o.save_every), ("warmup_steps", o.warmup),
-                        ("lr", o.lr)):
+                        ("lr", lr)):
         if value is not None:
             extra[name] = value
-    if o.lr is not None:
-        extra["min_lr"] = min(TrainConfig.min_lr, o.lr)
+    extra["min_lr"] = min(TrainConfig.min_lr, lr)
     if o.resume:  # a resumed run keeps the schedule it was planned with, unless told otherwise
         ckpt = latest_checkpoint(out_dir)
         saved = json.loads((ckpt / "config.json").read_text())["train"] if ckpt is not None else {}
@@ -195,16 +218,20 @@ def run_pretrain(options: PretrainOptions, out: TextIO | None = None) -> dict[st
     budget, max_steps = extra.get("time_budget_min"), extra.get("max_steps", TrainConfig.max_steps)
     cfg = TrainConfig(
         model=preset, batch_size=batch, seq_len=seq, grad_accum_steps=o.accum, precision=o.precision,
-        device=o.device, log_every=o.log_every, out_dir=str(out_dir), seed=o.seed, compile=o.compile,
+        device=o.device, log_every=o.log_every, out_dir=str(out_dir), seed=o.seed,
+        compile=compile_by_default(budget) if o.compile is None else o.compile,
         train_data=o.data, valid_data=o.valid_data, tokenizer_dir=o.tokenizer, progress=o.progress,
         data_format=o.format, strategy=o.strategy, **extra,
     )
     precision = resolve_precision(o.precision, device)
     schedule = f"{budget:g} minutes" if budget is not None else f"{max_steps} steps"
-    print(f"pretraining {preset} on {device} ({precision}): {batch} x {seq} tokens "
-          f"per step, {schedule}; {train_data.n_tokens:,} training tokens; output in {out_dir}", file=out)
+    print(f"pretraining {preset} on {device} ({precision}): {batch} x {seq} tokens per step, lr {cfg.lr:g}, "
+          f"{schedule}; {train_data.n_tokens:,} training tokens; output in {out_dir}", file=out)
     trainer = Trainer(cfg, resume=o.resume, train_data=train_data, valid_data=valid_data, overwrite=o.overwrite,
                       force=o.force)
+    if cfg.compile:
+        print(f"torch.compile: {trainer.compile_status} (it compiles on the first step, in the budget's time)",
+              file=out)
     if o.resume and o.steps is not None and trainer.max_steps != o.steps:
         # The checkpoint remembers its run's length; an explicit steps extends (or shortens) it, and the
         # cosine schedule stretches to the new length from here on.
@@ -219,8 +246,9 @@ def run_pretrain(options: PretrainOptions, out: TextIO | None = None) -> dict[st
     if result.history:
         plot_metrics(result.history, out_dir / "loss_curve.png", title=f"{preset}, {device}")
 
-    summary: dict[str, Any] = {"preset": preset, "step": result.step,
-                               "tokens": result.step * trainer.tokens_per_step, "seconds": result.seconds}
+    summary: dict[str, Any] = {"preset": preset, "batch": batch, "seq": seq, "lr": cfg.lr, "step": result.step,
+                               "tokens": result.step * trainer.tokens_per_step, "seconds": result.seconds,
+                               "compile": trainer.compile_status}
     if result.val_losses:
         summary["val_loss"] = result.val_losses[-1]
     if o.samples > 0:

@@ -50,6 +50,21 @@ def test_pretrain_writes_checkpoints_metrics_and_summary(run_dir):
     assert set(summary["by_text_type"]) == {"en-stories", "zh-verse", "zh-prose"}
     assert all(r["bits_per_byte"] > 0 for r in summary["by_text_type"].values())
     assert (run_dir / "loss_curve.png").stat().st_size > 1000
+    # a run set by steps is not compiled unless asked (its length in time is unknown)
+    assert (summary["batch"], summary["seq"], summary["compile"]) == (4, 32, None)
+
+
+def test_compile_without_a_cpp_compiler_trains_eagerly_and_says_so(corpus, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    monkeypatch.delenv("CXX", raising=False)
+    out = tmp_path / "run"
+    assert main(["pretrain", *TINY, "--data", str(corpus), "--steps", "2", "--samples", "0", "--eval-every", "0",
+                 "--compile", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["step"] == 2 and summary["compile"].startswith("off (no C++ compiler found")
+    printed = capsys.readouterr()
+    assert "torch.compile cannot run here, so training continues without it: no C++ compiler" in printed.err
+    assert "torch.compile: off (no C++ compiler found" in printed.out
 
 
 def test_resume_after_a_lost_checkpoint_repeats_the_same_steps(run_dir, corpus, tmp_path):

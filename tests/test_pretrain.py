@@ -9,10 +9,12 @@ import pytest
 from minimind_edu.data import TokenData
 from minimind_edu.errors import InvalidArgument
 from minimind_edu.pretrain import (
+    COMPILE_MIN_MINUTES,
     DEFAULT_CPU_MINUTES,
     DEFAULT_GPU_MINUTES,
     PretrainOptions,
     choose_setup,
+    compile_by_default,
     plan_schedule,
     steps_for_epochs,
 )
@@ -28,9 +30,18 @@ def test_steps_for_epochs_worked_example():
 
 
 def test_choose_setup():
-    assert choose_setup("cpu").preset == "course-cpu"
+    cpu = choose_setup("cpu")
+    assert (cpu.preset, cpu.batch_size, cpu.seq_len) == ("course-cpu", 8, 256)  # the sweep's winner
+    assert cpu.lr == 2e-3 and f"{cpu.batch_size} x {cpu.seq_len}" in cpu.why
     gpu = choose_setup("cuda")
-    assert (gpu.preset, gpu.seq_len) == ("minimind2-small", 512)
+    assert (gpu.preset, gpu.seq_len, gpu.lr) == ("minimind2-small", 512, 1e-3)
+
+
+def test_compile_only_where_it_pays_back():
+    # about a minute of compiling, then faster steps: worth it for the default budgets, not for short runs
+    assert compile_by_default(DEFAULT_CPU_MINUTES) and compile_by_default(DEFAULT_GPU_MINUTES)
+    assert compile_by_default(COMPILE_MIN_MINUTES) and not compile_by_default(COMPILE_MIN_MINUTES - 0.5)
+    assert not compile_by_default(None)  # a run set by steps or epochs: its length in time is unknown
 
 
 def test_plan_schedule_defaults_match_make_pretrain():

@@ -44,3 +44,23 @@ def test_gpu_benchmark_dry_run_on_cpu(tmp_path):
     assert eager["peak_memory_bytes"] is None  # only measured on a GPU
     assert result["estimated_peak_memory_bytes"] > 0
     assert "eager" in printed
+
+
+def test_pretrain_sweep_merges_settings_run_in_separate_sessions(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from pretrain_sweep import SETTINGS, merged_results
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    first, second, third = (s.name for s in SETTINGS[:3])
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps({"minutes": 14.0, "measured_at_utc": "then", "load_average_1min_before": 0.5,
+                                "results": [{"setting": {"name": third}, "val_loss": 4.0},
+                                            {"setting": {"name": first}, "val_loss": 4.2}]}))
+    merged = merged_results(path, [{"setting": {"name": second}, "val_loss": 4.1},
+                                   {"setting": {"name": first}, "val_loss": 4.15}], 14.0)
+    assert [(r["setting"]["name"], r["val_loss"]) for r in merged] == [(first, 4.15), (second, 4.1), (third, 4.0)]
+    assert merged[2]["measured_at_utc"] == "then" and merged[2]["load_average_1min_before"] == 0.5
+    # results at another budget are not comparable: they are not kept
+    assert [r["val_loss"] for r in merged_results(path, [{"setting": {"name": second}, "val_loss": 4.1}], 3.0)] \
+        == [4.1]
