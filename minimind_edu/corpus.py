@@ -170,7 +170,7 @@ def read_documents(path: str | os.PathLike, separator: str | None = None, format
 
 # The shipped corpus by text type, each type a language and a kind of text the model is scored on separately
 # (their losses differ by far: short verse with rare characters is much harder than children's stories).
-# The training mix is all of it: it was not tuned by measurement (see data/SOURCES.md for each file).
+# The training mix is all of it: the other mixes measured cost more than they gained (data/SOURCES.md).
 DEFAULT_TEXT_TYPES = {
     "train": {
         "en-stories": ("en/tinystories_train.txt", "en/tinystories_train_more.txt"),
