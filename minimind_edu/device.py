@@ -124,8 +124,6 @@ def compile_unavailable(device: torch.device) -> str | None:
     Its default backend builds kernels at run time: C++ on a CPU, Triton on a GPU. Without a C++ compiler or
     Triton the failure would come on the first forward pass, deep inside it; this says so beforehand.
     """
-    if sys.platform == "win32":
-        return "torch.compile's kernel builder does not run on Windows here"
     if device.type == "cpu":
         candidates = [c for c in (os.environ.get("CXX"), "g++", "c++", "clang++") if c]
         if not any(shutil.which(c) for c in candidates):

@@ -230,8 +230,8 @@ def run_pretrain(options: PretrainOptions, out: TextIO | None = None) -> dict[st
     trainer = Trainer(cfg, resume=o.resume, train_data=train_data, valid_data=valid_data, overwrite=o.overwrite,
                       force=o.force)
     if cfg.compile:
-        print(f"torch.compile: {trainer.compile_status} (it compiles on the first step, in the budget's time)",
-              file=out)
+        when = " (it compiles on the first step, in the budget's time)" if trainer.compile_status == "on" else ""
+        print(f"torch.compile: {trainer.compile_status}{when}", file=out)
     if o.resume and o.steps is not None and trainer.max_steps != o.steps:
         # The checkpoint remembers its run's length; an explicit steps extends (or shortens) it, and the
         # cosine schedule stretches to the new length from here on.
