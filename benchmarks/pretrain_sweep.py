@@ -54,6 +54,9 @@ SETTINGS = [
     Setting("8 x 256, lr 2e-3", batch=8, lr=2e-3),
     Setting("8 x 256, lr 2e-3, torch.compile", batch=8, lr=2e-3, compile=True),
 ]
+# settings that differ only in torch.compile: what compiling costs and gains (``compile_payback``)
+COMPILE_PAIRS = [("16 x 256, lr 1e-3 (the earlier default)", "torch.compile"),
+                 ("8 x 256, lr 2e-3", "8 x 256, lr 2e-3, torch.compile")]
 
 
 def run_setting(setting: Setting, minutes: float, folder: Path) -> dict:
@@ -94,6 +97,21 @@ def plot(results: list[dict], png: Path) -> None:
     fig.savefig(png, dpi=110)
 
 
+def compile_payback(eager: dict, compiled: dict) -> dict:
+    """What torch.compile costs and gains, from an eager and a compiled run of one setting: both evaluate every
+    100 steps, so their curves' minutes are at the same steps. The compiled run's pace is taken after its first
+    evaluation (compiling is done by then); the time it took to reach that first evaluation beyond that pace is
+    the compiling; the speed-up is the ratio of the paces (evaluations included in both)."""
+    e = [m for m, _ in eager["val_curve_minutes_loss"]]
+    c = [m for m, _ in compiled["val_curve_minutes_loss"]]
+    eager_pace, compiled_pace = (e[-1] - e[0]) / (len(e) - 1), (c[-1] - c[0]) / (len(c) - 1)
+    compile_s = (c[0] - compiled_pace) * 60
+    speedup = eager_pace / compiled_pace
+    return {"eager": eager["setting"]["name"], "compiled": compiled["setting"]["name"],
+            "compile_seconds": round(compile_s, 1), "step_speedup": round(speedup, 3),
+            "pays_back_after_minutes": round(compile_s / 60 / (1 - 1 / speedup), 1)}
+
+
 def selects(pattern: str, name: str) -> bool:
     """``--only`` matches a whole name, or else the start of one (``"8 x 256, lr 2e-3"`` is one setting only)."""
     if pattern in {s.name for s in SETTINGS}:
@@ -125,6 +143,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
               "torch": torch.__version__, "updated_at_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report["results"] = merged_results(args.out.with_suffix(".json"), results, args.minutes)
+    by_name = {r["setting"]["name"]: r for r in report["results"]}
+    report["compile_payback"] = [compile_payback(by_name[e], by_name[c]) for e, c in COMPILE_PAIRS
+                                 if e in by_name and c in by_name]
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
     plot(report["results"], args.out.with_suffix(".png"))
     return results

@@ -48,8 +48,8 @@ CPU_LR = 2e-3
 
 
 # torch.compile spends about 40 s compiling before its first step on the 2-core CPU, then runs each step of
-# the CPU default 1.27x faster (the sweep's 8 x 256 runs, eager and compiled, 14 minutes each:
-# benchmarks/results/pretrain_sweep_cpu.json): it pays back after about 3 minutes. On for time budgets from
+# the CPU default 1.31x faster (the sweep's 8 x 256 runs, eager and compiled, 14 minutes each, compile_payback in
+# benchmarks/results/pretrain_sweep_cpu.json): it pays back after 2.7 minutes. On for time budgets from
 # 5 minutes (both defaults); off for shorter runs and for runs set by steps or epochs, whose length in time is
 # not known beforehand.
 COMPILE_MIN_MINUTES = 5.0

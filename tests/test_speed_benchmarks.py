@@ -64,3 +64,17 @@ def test_pretrain_sweep_merges_settings_run_in_separate_sessions(tmp_path):
     # results at another budget are not comparable: they are not kept
     assert [r["val_loss"] for r in merged_results(path, [{"setting": {"name": second}, "val_loss": 4.1}], 3.0)] \
         == [4.1]
+
+
+def test_compile_payback_worked_example():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from pretrain_sweep import compile_payback
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    # evaluations every 100 steps: eager at 1, 2, 3 minutes (1 min per 100 steps); compiled at 1.5, 2.25, 3.0
+    # (0.75 min per 100 steps once compiled, so its first 100 steps took 0.75 min more: 45 s of compiling)
+    eager = {"setting": {"name": "eager"}, "val_curve_minutes_loss": [[1.0, 5.0], [2.0, 4.6], [3.0, 4.4]]}
+    compiled = {"setting": {"name": "compiled"}, "val_curve_minutes_loss": [[1.5, 5.0], [2.25, 4.6], [3.0, 4.4]]}
+    assert compile_payback(eager, compiled) == {"eager": "eager", "compiled": "compiled", "compile_seconds": 45.0,
+                                                "step_speedup": 1.333, "pays_back_after_minutes": 3.0}
