@@ -15,8 +15,8 @@ import textwrap
 from dataclasses import asdict, dataclass, field, replace
 
 from .errors import InvalidArgument
-from .memory_calibration import load_calibration
-from .memory_kernels import training_kernel
+from .memory_calibration import Calibration, load_calibration
+from .memory_kernels import KernelChoice, training_kernel
 from .memory_measure import StepSpec
 from .memory_moments import (
     StepSizes,
@@ -163,6 +163,9 @@ class MemoryEstimate:
     calibration: str = ""  # CUDA: how the overhead was calibrated on this machine's GPU ("" : the constants)
     world_size: int = 1  # GPUs training data-parallel; the terms are one GPU's
     strategy: str = "ddp"
+    # what kernel_description and calibration were made from, so that a front end can say them in Chinese too
+    kernel_choice: KernelChoice | None = None
+    calibrated_with: Calibration | None = None
 
     @property
     def peak_bytes(self) -> int:
@@ -237,7 +240,7 @@ def estimate_step(model_config: ModelConfig, spec: StepSpec, gpu: str | GPUCard 
     for moment, nbytes in zip(moments, alive):
         phase_peaks[moment.phase] = max(phase_peaks.get(moment.phase, 0), nbytes)
     overhead: dict[str, int] = {}
-    calibrated = ""
+    cal = None
     if spec.device == "cuda":
         hopper = card is not None and card.hopper
         cal = load_calibration() if calibration else None
@@ -248,7 +251,6 @@ def estimate_step(model_config: ModelConfig, spec: StepSpec, gpu: str | GPUCard 
         overhead = {"cuda_context": context, "cublas_workspace": workspace,
                     # the peak's bytes beyond the step-long terms, as the comment at the top explains
                     "allocator_slack": int(fraction * sum(peak.terms.values()))}
-        calibrated = cal.describe() if cal else ""
     return MemoryEstimate(
         batch_size=spec.batch_size, seq_len=spec.seq_len, precision=spec.precision, optimizer=spec.optimizer,
         attention=spec.attention or cfg.attention, checkpointing=spec.checkpointing,
@@ -256,7 +258,8 @@ def estimate_step(model_config: ModelConfig, spec: StepSpec, gpu: str | GPUCard 
         peak_phase=peak.phase, terms={**static, **peak.terms}, activations_per_layer=saved_per_layer(sizes),
         head_block={**head_block(sizes), "lm_head_weight_copy": sizes.lm_head_cast}, transients=peak.transients,
         phase_peaks=phase_peaks, overhead=overhead, kernel=kernel.name, kernel_description=kernel.describe(),
-        worst_routing_peak_bytes=worst, calibration=calibrated, world_size=spec.world_size, strategy=spec.strategy,
+        worst_routing_peak_bytes=worst, calibration=cal.describe() if cal else "", world_size=spec.world_size,
+        strategy=spec.strategy, kernel_choice=kernel, calibrated_with=cal,
     )
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from .i18n import check_language
 from .memory_kernels import training_kernel
 from .memory_measure import StepSpec, measure_step
 from .memory_moments import StepSizes, static_terms, step_moments
@@ -56,10 +57,16 @@ class Calibration:
     allocator_slack_fraction: float
     measured_at: str
 
-    def describe(self) -> str:
-        return (f"calibrated on {self.gpu} (torch {self.torch_version}, {self.measured_at}): context "
-                f"{self.context_bytes / 2**20:.0f} MiB, cuBLAS workspace "
-                f"{self.cublas_workspace_bytes / 2**20:.1f} MiB, allocator reserve {self.allocator_slack_fraction:.1%}")
+    def describe(self, lang: str = "en") -> str:
+        """Where the overheads were measured and what they are, in English or Chinese (``lang`` "en" or "zh")."""
+        context = f"{self.context_bytes / 2**20:.0f}"
+        workspace = f"{self.cublas_workspace_bytes / 2**20:.1f}"
+        reserve = f"{self.allocator_slack_fraction:.1%}"
+        if check_language(lang) == "zh":
+            return (f"已在 {self.gpu} 上实测校准（torch {self.torch_version}，{self.measured_at}）：CUDA 上下文 "
+                    f"{context} MiB，cuBLAS 工作区 {workspace} MiB，分配器预留 {reserve}")
+        return (f"calibrated on {self.gpu} (torch {self.torch_version}, {self.measured_at}): context {context} MiB, "
+                f"cuBLAS workspace {workspace} MiB, allocator reserve {reserve}")
 
 
 _cache: dict[str, tuple[float, Calibration | None]] = {}

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .i18n import check_language
 from .memory_measure import StepSpec
 from .model import SDPA_HAS_GQA, ModelConfig, flash_attention_accepts
 
@@ -78,12 +79,16 @@ class KernelChoice:
         """True when the step holds T x T scores per head (naive attention, or the math kernel)."""
         return self.name not in FUSED
 
-    def describe(self) -> str:
+    def describe(self, lang: str = "en") -> str:
+        """One line for the memory report and the explorer, in English or Chinese (``lang`` "en" or "zh")."""
+        zh = check_language(lang) == "zh"
         if self.name == "naive":
-            return "naive attention (explicit T x T scores: quadratic in T)"
+            return ("朴素实现（显式算出 T×T 的注意力分数：随 T 二次增长）" if zh
+                    else "naive attention (explicit T x T scores: quadratic in T)")
         if self.name == "math":
-            return "SDPA math kernel (no fused kernel accepts this call: fp32 T x T scores, quadratic in T)"
-        return f"SDPA {self.name} kernel (linear in T)"
+            return ("SDPA math 内核（没有融合内核接受这次调用：以 fp32 保存 T×T 的分数，随 T 二次增长）" if zh
+                    else "SDPA math kernel (no fused kernel accepts this call: fp32 T x T scores, quadratic in T)")
+        return f"SDPA {self.name} 内核（随 T 线性增长）" if zh else f"SDPA {self.name} kernel (linear in T)"
 
 
 def training_kernel(cfg: ModelConfig, spec: StepSpec, capability: tuple[int, int] | None = None,

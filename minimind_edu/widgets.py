@@ -13,7 +13,6 @@ both languages: one estimate, other words.
 from __future__ import annotations
 
 import io
-import re
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -124,34 +123,10 @@ def attention_text(state: ExplorerState, lang: str = "en") -> str:
     check_language(lang)
     est = state.estimate()
     if lang == "zh":
-        calibrated = "；CUDA 额外开销" + calibration_zh(est.calibration) if est.calibration else ""
-        return f"注意力：{kernel_zh(est.kernel)}{calibrated}"
+        calibrated = "；CUDA 额外开销" + est.calibrated_with.describe("zh") if est.calibrated_with else ""
+        return f"注意力：{est.kernel_choice.describe('zh')}{calibrated}"
     calibrated = "; CUDA overhead " + est.calibration if est.calibration else ""
     return f"attention: {est.kernel_description}{calibrated}"
-
-
-def kernel_zh(kernel: str) -> str:
-    """:meth:`minimind_edu.memory_kernels.KernelChoice.describe` in Chinese."""
-    if kernel == "naive":
-        return "朴素实现（显式算出 T×T 的注意力分数：随 T 二次增长）"
-    if kernel == "math":
-        return "SDPA math 内核（没有融合内核接受这次调用：以 fp32 保存 T×T 的分数，随 T 二次增长）"
-    return f"SDPA {kernel} 内核（随 T 线性增长）"
-
-
-CALIBRATION = re.compile(r"calibrated on (?P<gpu>.+) \(torch (?P<torch>[^,]+), (?P<at>[^)]+)\): context "
-                         r"(?P<context>\S+) MiB, cuBLAS workspace (?P<workspace>\S+) MiB, allocator reserve "
-                         r"(?P<reserve>\S+)$")
-
-
-def calibration_zh(described: str) -> str:
-    """A calibration's description (:meth:`minimind_edu.memory_calibration.Calibration.describe`) in Chinese; one
-    in another form stays English."""
-    m = CALIBRATION.match(described)
-    if m is None:
-        return " " + described
-    return (f"已在 {m['gpu']} 上实测校准（torch {m['torch']}，{m['at']}）：CUDA 上下文 {m['context']} MiB，"
-            f"cuBLAS 工作区 {m['workspace']} MiB，分配器预留 {m['reserve']}")
 
 
 def generation_text(state: ExplorerState, lang: str = "en") -> str:

@@ -159,11 +159,32 @@ def test_live_loss_plot_metrics_and_baselines_in_chinese(monkeypatch):
     plt.close("all")
 
 
-def test_a_calibration_is_described_in_chinese_with_its_numbers():
-    from minimind_edu.memory_calibration import Calibration
-    from minimind_edu.widgets import calibration_zh
+def test_a_calibration_is_described_in_chinese_with_its_numbers(tmp_path, monkeypatch):
+    import json
+    from dataclasses import asdict
 
-    described = Calibration("Fake GPU", (8, 9), "2.5.1", 512 * 2**20, 8 * 2**20, 0.1, "2025-01-02").describe()
-    zh = calibration_zh(described)
-    assert zh.startswith("已在 Fake GPU 上实测校准") and NUMBER.findall(zh) == NUMBER.findall(described)
-    assert calibration_zh("measured some other way") == " measured some other way"  # another form stays English
+    from minimind_edu.memory_calibration import Calibration
+
+    cal = Calibration("Fake GPU", (8, 9), "2.5.1", 512 * 2**20, 8 * 2**20, 0.1, "2025-01-02")
+    assert cal.describe() == cal.describe("en") and cal.describe().startswith("calibrated on Fake GPU")
+    assert cal.describe("zh").startswith("已在 Fake GPU 上实测校准")
+    assert NUMBER.findall(cal.describe("zh")) == NUMBER.findall(cal.describe())
+    with pytest.raises(ValueError, match="got 'fr'"):
+        cal.describe("fr")
+    # the explorer's attention line says where its CUDA overhead comes from, in either language
+    path = tmp_path / "cal.json"
+    path.write_text(json.dumps(asdict(cal)))
+    monkeypatch.setenv("MINIMIND_EDU_CALIBRATION", str(path))
+    state = ExplorerState(gpu="rtx-4090")
+    assert attention_text(state).endswith("; CUDA overhead " + cal.describe())
+    assert attention_text(state, lang="zh").endswith("；CUDA 额外开销" + cal.describe("zh"))
+
+
+@pytest.mark.parametrize("kernel", ["naive", "math", "flash", "efficient"])
+def test_each_attention_kernel_is_described_in_chinese(kernel):
+    from minimind_edu.memory_kernels import KernelChoice
+
+    choice = KernelChoice(kernel, grouped_kv=False)
+    assert CJK.search(choice.describe("zh")) and choice.describe() == choice.describe("en")
+    # quadratic or linear in T, in both languages
+    assert ("二次增长" in choice.describe("zh")) == ("quadratic" in choice.describe()) == choice.quadratic
