@@ -248,7 +248,9 @@ def run_pretrain(options: PretrainOptions, out: TextIO | None = None) -> dict[st
 
     summary: dict[str, Any] = {"preset": preset, "batch": batch, "seq": seq, "lr": cfg.lr, "step": result.step,
                                "tokens": result.step * trainer.tokens_per_step, "seconds": result.seconds,
-                               "compile": trainer.compile_status}
+                               "compile": trainer.compile_status,
+                               # the rate the run's "mfu" is against: how fast this machine multiplies matrices
+                               "peak_flops": trainer.peak_flops}
     if result.val_losses:
         summary["val_loss"] = result.val_losses[-1]
     if o.samples > 0:

@@ -403,6 +403,13 @@ class Trainer:
             self.history = [json.loads(line) for line in kept]
 
     # -- the loop -----------------------------------------------------------------------------------------
+    @property
+    def peak_flops(self) -> float | None:
+        """What the records' ``mfu`` divides by: a GPU's datasheet peak, or this CPU's bf16 (or fp32) matmul rate
+        measured at the first record; None before it, or where there is no figure. A run's speed depends on it
+        (CPUs of one kind differ by 2x from day to day), so the pretraining summary records it."""
+        return None if isinstance(self._peak, str) else self._peak
+
     def _mfu(self, tokens_per_s: float) -> float | None:
         if not self.cfg.measure_mfu:
             return None

@@ -10,7 +10,9 @@ import torch
 from minimind_edu.checkpoint import load_model, resolve_checkpoint
 from minimind_edu.cli import main
 from minimind_edu.corpus import default_corpus_files
+from minimind_edu.flops import training_flops_per_token
 from minimind_edu.metrics import read_metrics
+from minimind_edu.model import get_preset
 
 from launch import run_torchrun
 
@@ -52,6 +54,11 @@ def test_pretrain_writes_checkpoints_metrics_and_summary(run_dir):
     assert (run_dir / "loss_curve.png").stat().st_size > 1000
     # a run set by steps is not compiled unless asked (its length in time is unknown)
     assert (summary["batch"], summary["seq"], summary["compile"]) == (4, 32, None)
+    # the rate every record's "mfu" is against (on a CPU its measured matmul rate), so the run says how fast the
+    # machine was
+    per_token = training_flops_per_token(get_preset("tiny"), 32)
+    assert summary["peak_flops"] > 1e9
+    assert records[-1]["mfu"] == pytest.approx(records[-1]["tokens_per_s"] * per_token / summary["peak_flops"])
 
 
 def test_compile_without_a_cpp_compiler_trains_eagerly_and_says_so(corpus, tmp_path, capsys, monkeypatch):
