@@ -13,71 +13,40 @@ because machines of this kind differ by 2x in speed from one session to the next
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
+from pretrain_sweep import Setting, run_setting
 
-from minimind_edu.corpus import DEFAULT_TEXT_TYPES, data_dir
-from minimind_edu.flops import measure_cpu_matmul_flops
 from minimind_edu.model import PRESETS, ModelConfig
-from minimind_edu.pretrain import PretrainOptions, run_pretrain
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pretrain_screen_cpu.jsonl"
 # a narrower course-cpu: about 0.6x its FLOPs per token
 PRESETS.setdefault("course-cpu-192", ModelConfig(hidden_size=192, num_layers=4, num_heads=6, num_kv_heads=2,
                                                  max_position_embeddings=2048))
 
-
-@dataclass(frozen=True)
-class Candidate:
-    name: str
-    batch: int
-    lr: float
-    preset: str = "course-cpu"
-    # how many times each text type's training files are read (missing: once; 0: left out)
-    mix: dict[str, int] = field(default_factory=dict)
-
-
+# all eager and 256 tokens long: what differs is the batch, the learning rate, the width and the mix
 CANDIDATES = [
-    Candidate("16 x 256, lr 1e-3", 16, 1e-3),
-    Candidate("16 x 256, lr 3e-3", 16, 3e-3),
-    Candidate("8 x 256, lr 2e-3", 8, 2e-3),
-    Candidate("8 x 256, lr 3e-3", 8, 3e-3),
-    Candidate("4 x 256, lr 2e-3", 4, 2e-3),
-    Candidate("hidden 192, 16 x 256, lr 2e-3", 16, 2e-3, preset="course-cpu-192"),
-    Candidate("8 x 256, lr 2e-3, without the prose", 8, 2e-3, mix={"zh-prose": 0}),
-    Candidate("8 x 256, lr 2e-3, verse twice", 8, 2e-3, mix={"zh-verse": 2}),
+    Setting("16 x 256, lr 1e-3", batch=16, lr=1e-3),
+    Setting("16 x 256, lr 3e-3", batch=16, lr=3e-3),
+    Setting("8 x 256, lr 2e-3", batch=8, lr=2e-3),
+    Setting("8 x 256, lr 3e-3", batch=8, lr=3e-3),
+    Setting("4 x 256, lr 2e-3", batch=4, lr=2e-3),
+    Setting("hidden 192, 16 x 256, lr 2e-3", batch=16, lr=2e-3, preset="course-cpu-192"),
+    Setting("8 x 256, lr 2e-3, without the prose", batch=8, lr=2e-3, mix={"zh-prose": 0}),
+    Setting("8 x 256, lr 2e-3, verse twice", batch=8, lr=2e-3, mix={"zh-verse": 2}),
 ]
 
 
-def training_files(mix: dict[str, int]) -> list[str] | None:
-    """The shipped training files with each text type repeated as ``mix`` says (None: the default corpus)."""
-    if not mix:
-        return None
-    return [str(data_dir() / name) for kind, names in DEFAULT_TEXT_TYPES["train"].items()
-            for _ in range(mix.get(kind, 1)) for name in names]
-
-
-def screen(candidate: Candidate, minutes: float, folder: Path) -> dict:
-    data = training_files(candidate.mix)
-    valid = [str(data_dir() / name) for names in DEFAULT_TEXT_TYPES["valid"].values() for name in names]
-    options = PretrainOptions(preset=candidate.preset, batch=candidate.batch, seq=256, lr=candidate.lr,
-                              compile=False, minutes=minutes, device="cpu", out=str(folder), samples=0,
-                              progress=False, data=data, valid_data=valid if data else None)
-    matmul = measure_cpu_matmul_flops(torch.bfloat16)
+def screen(candidate: Setting, minutes: float, folder: Path) -> dict:
+    """One candidate's line of the results file: the sweep's measurements, without the curve."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    started = time.perf_counter()
-    summary = run_pretrain(options, out=io.StringIO())
-    return {"candidate": asdict(candidate), "minutes": minutes, "bf16_matmul_gflops_before": round(matmul / 1e9),
-            "load_average_1min_before": load, "wall_seconds_including_setup": round(time.perf_counter() - started),
-            "steps": summary["step"], "tokens": summary["tokens"], "val_loss": summary.get("val_loss"),
-            "bits_per_byte": {k: v["bits_per_byte"] for k, v in summary["by_text_type"].items()},
+    r = run_setting(candidate, minutes, folder)
+    return {"candidate": r.pop("setting"), "minutes": minutes, "load_average_1min_before": load,
+            **{k: v for k, v in r.items() if k != "val_curve_minutes_loss"},
             "measured_at_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
