@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -78,3 +79,40 @@ def test_compile_payback_worked_example():
     compiled = {"setting": {"name": "compiled"}, "val_curve_minutes_loss": [[1.5, 5.0], [2.25, 4.6], [3.0, 4.4]]}
     assert compile_payback(eager, compiled) == {"eager": "eager", "compiled": "compiled", "compile_seconds": 45.0,
                                                 "step_speedup": 1.333, "pays_back_after_minutes": 3.0}
+
+
+def test_pretrain_targets_worked_example():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from pretrain_targets import analyse, fit_log_linear, shares, tokens_for
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    # a text type that is a quarter of the stream; read twice it is 2/5 of it
+    assert shares({"a": 300, "b": 100}) == {"a": 0.75, "b": 0.25}
+    assert shares({"a": 300, "b": 100}, {"b": 2}) == {"a": 0.6, "b": 0.4}
+    # bits per byte 3.0 at e^2 tokens and 2.0 at e^4: a = 4, b = -0.5 per e-fold; 1.5 is reached at e^5 tokens
+    a, b = fit_log_linear([(math.exp(2), 3.0), (math.exp(4), 2.0)])
+    assert (a, b) == (pytest.approx(4.0), pytest.approx(-0.5))
+    assert tokens_for((a, b), 1.5) == pytest.approx(math.exp(5))
+    with pytest.raises(ValueError, match="do not fall"):
+        tokens_for((1.0, 0.1), 0.5)
+    with pytest.raises(ValueError, match="two different token counts"):
+        fit_log_linear([(10.0, 1.0), (10.0, 2.0)])
+    # two runs of a two-type mix (types x and y, 1:1), 60 s and 120 s for 100 and 200 tokens (100 tokens a minute);
+    # each type's bits per byte falls by 1 per e-fold of its own tokens: x from 5, y from 6 at 50 tokens seen
+    runs = [{"name": name, "tokens": n, "seconds": s, "mix": {},
+             "bits_per_byte": {"x": 5 - math.log(n / 100), "y": 6 - math.log(n / 100)}}
+            for name, n, s in (("short", 100, 60.0), ("long", 200, 120.0))]
+    # a run reading y three times: y is 3/4 of its 100 tokens, 75 seen, so 6 - ln(1.5); x: 25 seen, 5 - ln(0.5)
+    check = {"name": "y thrice", "tokens": 100, "seconds": 60.0, "mix": {"y": 3},
+             "bits_per_byte": {"x": 5.7, "y": 5.6}}
+    report = analyse(runs, check, {"x": 1000, "y": 1000}, matmul_gflops=400.0, targets={"x": 4.0, "y": 5.0},
+                     budget_minutes=1.0)
+    assert report["check"]["by_text_type"]["y"]["predicted"] == pytest.approx(6 - math.log(1.5))
+    assert report["check"]["by_text_type"]["x"]["predicted"] == pytest.approx(5 - math.log(0.5))
+    # x reaches 4.0 at e * 50 tokens of x, y reaches 5.0 at the same: 2e * 50 tokens in all at the 1:1 mix
+    need = report["both_targets"]["default mix"]["tokens"]
+    assert need == pytest.approx(2 * math.e * 50)
+    # at 100 tokens a minute that is 2.72 minutes here; in a 1-minute budget, a 2.72x faster machine
+    assert report["both_targets"]["default mix"]["minutes_here"] == pytest.approx(need / 100)
+    assert report["both_targets"]["default mix"]["matmul_gflops_for_the_budget"] == pytest.approx(400 * need / 100)
