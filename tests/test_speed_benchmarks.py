@@ -116,3 +116,15 @@ def test_pretrain_targets_worked_example():
     # at 100 tokens a minute that is 2.72 minutes here; in a 1-minute budget, a 2.72x faster machine
     assert report["both_targets"]["default mix"]["minutes_here"] == pytest.approx(need / 100)
     assert report["both_targets"]["default mix"]["matmul_gflops_for_the_budget"] == pytest.approx(400 * need / 100)
+
+
+def test_a_sweep_setting_reads_each_text_type_as_often_as_its_mix_says():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from pretrain_sweep import SETTINGS, training_files
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    assert training_files({}) is None  # the shipped corpus, as make pretrain reads it
+    names = [Path(f).name for f in training_files({"zh-verse": 2, "zh-prose": 0})]
+    assert names == ["tinystories_train.txt", "tinystories_train_more.txt", "tang_train.txt", "tang_train.txt"]
+    assert {s.name: s.mix for s in SETTINGS}["8 x 256, lr 2e-3, torch.compile, verse twice"] == {"zh-verse": 2}
