@@ -156,16 +156,27 @@ class MemoryEstimate:
     transients: dict[str, int]
     phase_peaks: dict[str, int]
     overhead: dict[str, int] = field(default_factory=dict)
-    kernel: str = "flash"  # the attention kernel modelled: "naive", "flash", "efficient" or "math"
-    kernel_description: str = ""
+    # the attention kernel modelled ("naive", "flash", "efficient" or "math"; see the kernel properties)
+    kernel_choice: KernelChoice = KernelChoice("flash", False)
     # MoE: the peak if every token were routed to the same experts (the estimate assumes balanced routing)
     worst_routing_peak_bytes: int | None = None
-    calibration: str = ""  # CUDA: how the overhead was calibrated on this machine's GPU ("" : the constants)
+    # CUDA: the overheads measured on this machine's GPU, when they were (None: the documented constants)
+    calibrated_with: Calibration | None = None
     world_size: int = 1  # GPUs training data-parallel; the terms are one GPU's
     strategy: str = "ddp"
-    # what kernel_description and calibration were made from, so that a front end can say them in Chinese too
-    kernel_choice: KernelChoice | None = None
-    calibrated_with: Calibration | None = None
+
+    @property
+    def kernel(self) -> str:
+        return self.kernel_choice.name
+
+    @property
+    def kernel_description(self) -> str:
+        return self.kernel_choice.describe()
+
+    @property
+    def calibration(self) -> str:
+        """How the CUDA overhead was calibrated on this machine's GPU ("": not calibrated, the constants)."""
+        return self.calibrated_with.describe() if self.calibrated_with else ""
 
     @property
     def peak_bytes(self) -> int:
@@ -189,6 +200,8 @@ class MemoryEstimate:
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        del d["kernel_choice"], d["calibrated_with"]
+        d.update(kernel=self.kernel, kernel_description=self.kernel_description, calibration=self.calibration)
         d["peak_bytes"] = self.peak_bytes
         d["total_with_overhead"] = self.total_with_overhead
         d["explanations"] = {**EXPLANATIONS, **{k: OVERHEAD_EXPLANATIONS[k] for k in self.overhead}}
@@ -257,9 +270,8 @@ def estimate_step(model_config: ModelConfig, spec: StepSpec, gpu: str | GPUCard 
         grad_accum_steps=spec.grad_accum_steps, device=spec.device, num_parameters=sizes.parameters,
         peak_phase=peak.phase, terms={**static, **peak.terms}, activations_per_layer=saved_per_layer(sizes),
         head_block={**head_block(sizes), "lm_head_weight_copy": sizes.lm_head_cast}, transients=peak.transients,
-        phase_peaks=phase_peaks, overhead=overhead, kernel=kernel.name, kernel_description=kernel.describe(),
-        worst_routing_peak_bytes=worst, calibration=cal.describe() if cal else "", world_size=spec.world_size,
-        strategy=spec.strategy, kernel_choice=kernel, calibrated_with=cal,
+        phase_peaks=phase_peaks, overhead=overhead, kernel_choice=kernel, worst_routing_peak_bytes=worst,
+        calibrated_with=cal, world_size=spec.world_size, strategy=spec.strategy,
     )
 
 

@@ -120,13 +120,11 @@ def fit_text(state: ExplorerState, lang: str = "en") -> str:
 def attention_text(state: ExplorerState, lang: str = "en") -> str:
     """Which attention kernel the estimate assumes runs, and where the CUDA overhead figure comes from (a line
     of its own: beside the fit line it ran past the right edge of a laptop's notebook)."""
-    check_language(lang)
+    zh = check_language(lang) == "zh"
     est = state.estimate()
-    if lang == "zh":
-        calibrated = "；CUDA 额外开销" + est.calibrated_with.describe("zh") if est.calibrated_with else ""
-        return f"注意力：{est.kernel_choice.describe('zh')}{calibrated}"
-    calibrated = "; CUDA overhead " + est.calibration if est.calibration else ""
-    return f"attention: {est.kernel_description}{calibrated}"
+    calibrated = (("；CUDA 额外开销" if zh else "; CUDA overhead ") + est.calibrated_with.describe(lang)
+                  if est.calibrated_with else "")
+    return ("注意力：" if zh else "attention: ") + est.kernel_choice.describe(lang) + calibrated
 
 
 def generation_text(state: ExplorerState, lang: str = "en") -> str:
