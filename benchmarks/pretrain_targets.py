@@ -26,6 +26,8 @@ from pathlib import Path
 
 from minimind_edu.corpus import DEFAULT_TEXT_TYPES, data_dir
 from minimind_edu.data import tokenize_files
+from minimind_edu.flops import training_flops_per_token
+from minimind_edu.model import get_preset
 from minimind_edu.pretrain import DEFAULT_CPU_MINUTES
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -64,6 +66,17 @@ def tokens_for(fit: tuple[float, float], target: float) -> float:
     if b >= 0:
         raise ValueError(f"bits per byte do not fall with more tokens in this fit (slope {b:.3f})")
     return math.exp((target - a) / b)
+
+
+def matmul_gflops_of_run(records: list[dict], preset: str, seq: int) -> float:
+    """The bf16 matmul rate a run's ``mfu`` was measured against (the trainer measures it once, at the first
+    record): ``tokens_per_s x FLOPs per token / mfu``, the median over its records. It dates a run's machine
+    when its summary predates ``peak_flops`` (e.g. the earlier ``make pretrain`` run, in git history)."""
+    per_token = training_flops_per_token(get_preset(preset), seq)
+    rates = sorted(r["tokens_per_s"] * per_token / r["mfu"] / 1e9 for r in records if r.get("mfu"))
+    if not rates:
+        raise ValueError("no record has an mfu: the run was made with measure_mfu=False")
+    return rates[len(rates) // 2]
 
 
 def run_point(name: str, tokens: int, seconds: float, bits_per_byte: dict[str, float],
@@ -122,7 +135,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder with the committed run results")
     parser.add_argument("--out", type=Path, default=RESULTS / "pretrain_targets_cpu.json")
+    parser.add_argument("--rate-of", type=Path, metavar="METRICS_JSONL",
+                        help="only print the matmul rate of a course-cpu 256-token run from its metrics.jsonl")
     args = parser.parse_args(argv)
+    if args.rate_of:
+        records = [json.loads(line) for line in args.rate_of.read_text().splitlines() if line.strip()]
+        rate = matmul_gflops_of_run(records, "course-cpu", 256)
+        print(f"{args.rate_of}: bf16 matmul rate {rate:.0f} GFLOP/s")
+        return {"rate_gflops": rate}
     tokens_per_type = {kind: tokenize_files([data_dir() / f for f in files], progress=False).n_tokens
                        for kind, files in DEFAULT_TEXT_TYPES["train"].items()}
     sweep = {r["setting"]["name"]: r
@@ -132,8 +152,9 @@ def main(argv: list[str] | None = None) -> dict:
                     from_summary("minimind-edu pretrain --minutes 32",
                                  args.results / "pretrain_course_cpu_32min_summary.json")]
     check = from_sweep(sweep[CHECK_NAME]) if CHECK_NAME in sweep else None
-    # the runs were on one machine in one session; its rate, as measured before the sweep's run of the default
-    rate = sweep[DEFAULT_NAME]["bf16_matmul_gflops_before"]
+    # the runs were on one machine in one session; its rate, as the make pretrain run measured it
+    metrics = args.results / "pretrain_course_cpu_metrics.jsonl"
+    rate = matmul_gflops_of_run([json.loads(line) for line in metrics.read_text().splitlines()], "course-cpu", 256)
     report = {"what": __doc__.strip().splitlines()[0], "runs": default_runs, "tokens_per_type": tokens_per_type,
               **analyse(default_runs, check, tokens_per_type, rate),
               "updated_at_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

@@ -128,3 +128,20 @@ def test_a_sweep_setting_reads_each_text_type_as_often_as_its_mix_says():
     names = [Path(f).name for f in training_files({"zh-verse": 2, "zh-prose": 0})]
     assert names == ["tinystories_train.txt", "tinystories_train_more.txt", "tang_train.txt", "tang_train.txt"]
     assert {s.name: s.mix for s in SETTINGS}["8 x 256, lr 2e-3, torch.compile, verse twice"] == {"zh-verse": 2}
+
+
+def test_a_runs_matmul_rate_is_read_back_from_its_metrics():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from pretrain_targets import matmul_gflops_of_run
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    from minimind_edu.flops import training_flops_per_token
+    from minimind_edu.model import get_preset
+
+    per_token = training_flops_per_token(get_preset("course-cpu"), 256)
+    # 5,000 tokens/s at an mfu that puts the rate at 400 GFLOP/s; a record without mfu is skipped
+    records = [{"tokens_per_s": 5000.0, "mfu": 5000.0 * per_token / 400e9}, {"tokens_per_s": 10.0, "mfu": None}]
+    assert matmul_gflops_of_run(records, "course-cpu", 256) == pytest.approx(400.0)
+    with pytest.raises(ValueError, match="measure_mfu=False"):
+        matmul_gflops_of_run(records[1:], "course-cpu", 256)
